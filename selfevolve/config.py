@@ -1,0 +1,71 @@
+"""Settings: the only code that reads the environment (prefix SELFEVOLVE_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Every tunable of the system. Frozen; build one and pass it down."""
+
+    model_config = SettingsConfigDict(env_prefix="SELFEVOLVE_", frozen=True, extra="ignore")
+
+    # Where things live on disk.
+    home: Path = Field(default_factory=lambda: _project_root() / ".run")
+    cache_dir: Path = Field(default_factory=lambda: _project_root() / ".cache")
+    data_dir: Path = Field(default_factory=lambda: _project_root().parent / "shared" / "data")
+    catalogue: Path = Field(default_factory=lambda: Path(__file__).resolve().parent / "data" / "catalogue.yaml")
+
+    # Kafka.
+    kafka_bootstrap: str = "localhost:19092"
+    topic_prefix: str = "selfevolve."
+    topic_partitions: int = 4
+    max_query_bytes: int = 32 * 1024
+
+    # History store: chdb (embedded) unless a ClickHouse URL is given.
+    clickhouse_url: str | None = None
+    chdb_path: Path | None = None
+    sink_batch_size: int = 500
+    sink_flush_seconds: float = 1.0
+
+    # Routing.
+    theta_high: float = 0.80
+    theta_low: float = 0.50
+    cost_lambda: float = 1.0
+    budget_per_query_usd: float | None = None
+    knn_k: int = 20
+    score_weights: tuple[float, float, float, float] = (0.2, 0.5, 0.15, 0.15)
+
+    # Backends.
+    backend_timeout_s: float = 30.0
+    backend_retries: int = 2
+    openai_base_url: str = "http://localhost:8000/v1"
+    openai_api_key: str | None = None
+
+    # Evolution.
+    promote_min_n: int = 50
+    promote_min_winrate: float = 0.70
+    promote_min_confidence: float = 0.85
+    gap_confidence: float = 0.5
+    gap_failure_rate: float = 0.3
+    window_size: int = 100
+    max_models_per_domain: int = 6
+
+    # Distillation.
+    distill_confidence: float = 0.8
+    distill_buffer: int = 64
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical stage (queries, answers, ...)."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def chdb_dir(self) -> Path:
+        return self.chdb_path or (self.home / "chdb")
