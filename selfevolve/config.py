@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import Field
@@ -22,12 +23,16 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=lambda: _project_root() / ".cache")
     data_dir: Path = Field(default_factory=lambda: _project_root().parent / "shared" / "data")
     catalogue: Path = Field(default_factory=lambda: Path(__file__).resolve().parent / "data" / "catalogue.yaml")
+    # RouterBench-format CSVs the replay backend serves recorded answers from.
+    replay_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parent / "data" / "demo")
 
     # Kafka.
     kafka_bootstrap: str = "localhost:19092"
     topic_prefix: str = "selfevolve."
     topic_partitions: int = 4
     max_query_bytes: int = 32 * 1024
+    web_port: int = 16066
+    exactly_once: bool = False
 
     # History store: chdb (embedded) unless a ClickHouse URL is given.
     clickhouse_url: str | None = None
@@ -61,6 +66,17 @@ class Settings(BaseSettings):
     # Distillation.
     distill_confidence: float = 0.8
     distill_buffer: int = 64
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as SELFEVOLVE_* variables, so child processes build the same Settings."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, (tuple, list)):
+                value = json.dumps(list(value))
+            env[f"SELFEVOLVE_{name.upper()}"] = str(value)
+        return env
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical stage (queries, answers, ...)."""

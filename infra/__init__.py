@@ -1,0 +1,1 @@
+"""Infrastructure: the local Kafka launcher and the ClickHouse DDL."""

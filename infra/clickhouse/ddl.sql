@@ -1,0 +1,215 @@
+-- selfevolve history store: one table per event kind, run as-is by chdb and by a ClickHouse server.
+--
+-- Columns are named exactly like the Avro fields in schemas/*.avsc (map -> Map(String, String),
+-- array<string> -> Array(String), bytes -> String, ["null","string"] -> Nullable(String),
+-- long ts_ms -> Int64). `ts` is MATERIALIZED from ts_ms so time SQL (toStartOfHour(ts), ...) needs
+-- no conversion; it is not part of SELECT * and is never inserted.
+--
+-- The sink commits Kafka offsets only after a flush, so a crash re-delivers events that may already
+-- be stored. Every table is a ReplacingMergeTree whose ORDER BY key identifies one event, so
+-- duplicates collapse at merge time. Merges are lazy: analytic SQL must read with FINAL
+-- (SELECT ... FROM answers FINAL) to count each event once.
+--
+-- streams/store.py strips '--' comments, then splits statements on semicolons: keep both out of literals.
+
+CREATE DATABASE IF NOT EXISTS selfevolve;
+
+CREATE TABLE IF NOT EXISTS selfevolve.queries
+(
+    version Int32 DEFAULT 1,
+    query_id String,
+    text String,
+    tenant String DEFAULT 'default',
+    metadata Map(String, String),
+    ts_ms Int64,
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY query_id;
+
+CREATE TABLE IF NOT EXISTS selfevolve.route_decisions
+(
+    version Int32 DEFAULT 1,
+    query_id String,
+    tenant String,
+    strategy String,
+    similarity Float64,
+    models Array(String),
+    domain Int32 DEFAULT -1,
+    theta_high Float64,
+    theta_low Float64,
+    decision_ms Float64,
+    ts_ms Int64,
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY query_id;
+
+CREATE TABLE IF NOT EXISTS selfevolve.inference_requests
+(
+    version Int32 DEFAULT 1,
+    request_id String,
+    query_id String,
+    tenant String,
+    model String,
+    text String,
+    strategy String,
+    stage Int32 DEFAULT 0,
+    attempt Int32 DEFAULT 0,
+    fallback_from Nullable(String),
+    metadata Map(String, String),
+    ts_ms Int64,
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY request_id;
+
+CREATE TABLE IF NOT EXISTS selfevolve.inference_responses
+(
+    version Int32 DEFAULT 1,
+    request_id String,
+    query_id String,
+    tenant String,
+    model String,
+    answer String,
+    confidence Float64,
+    latency_ms Float64,
+    prompt_tokens Int32,
+    completion_tokens Int32,
+    cost_usd Float64,
+    ok Bool,
+    error Nullable(String),
+    fallback_from Nullable(String),
+    stage Int32 DEFAULT 0,
+    ts_ms Int64,
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY request_id;
+
+CREATE TABLE IF NOT EXISTS selfevolve.scores
+(
+    version Int32 DEFAULT 1,
+    query_id String,
+    model String,
+    relevance Float64,
+    correctness Float64,
+    completeness Float64,
+    clarity Float64,
+    composite Float64,
+    confidence Float64,
+    winner Bool,
+    domain Int32 DEFAULT -1,
+    ts_ms Int64,
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (query_id, model);
+
+CREATE TABLE IF NOT EXISTS selfevolve.answers
+(
+    version Int32 DEFAULT 1,
+    query_id String,
+    tenant String,
+    model String,
+    answer String,
+    composite Float64,
+    cost_usd Float64,
+    strategy String,
+    models_called Array(String),
+    fallbacks Array(String),
+    domain Int32 DEFAULT -1,
+    latency_ms Float64,
+    ts_ms Int64,
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY query_id;
+
+-- One verdict per (query, model): a later verdict replaces an earlier one rather than adding to it.
+CREATE TABLE IF NOT EXISTS selfevolve.feedback
+(
+    version Int32 DEFAULT 1,
+    query_id String,
+    model String,
+    quality Float64,
+    source String DEFAULT 'user',
+    ts_ms Int64,
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (query_id, model);
+
+-- partition and offset are keywords in ClickHouse SQL, hence the backquotes.
+CREATE TABLE IF NOT EXISTS selfevolve.dead_letters
+(
+    version Int32 DEFAULT 1,
+    source_topic String,
+    `partition` Int32,
+    `offset` Int64,
+    reason String,
+    error_type String,
+    payload String,
+    ts_ms Int64,
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (source_topic, `partition`, `offset`);
+
+-- The events below carry no id: the producer's ts_ms together with what changed identifies one.
+CREATE TABLE IF NOT EXISTS selfevolve.model_events
+(
+    version Int32 DEFAULT 1,
+    model String,
+    kind String,
+    domain Int32 DEFAULT -1,
+    old_role Nullable(String),
+    new_role Nullable(String),
+    checkpoint Nullable(String),
+    reason String DEFAULT '',
+    ts_ms Int64,
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (model, kind, ts_ms);
+
+CREATE TABLE IF NOT EXISTS selfevolve.gaps
+(
+    version Int32 DEFAULT 1,
+    domain Int32,
+    kind String,
+    mean_confidence Float64,
+    failure_rate Float64,
+    traffic Int64,
+    priority Float64,
+    ts_ms Int64,
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (domain, kind, ts_ms);
+
+CREATE TABLE IF NOT EXISTS selfevolve.spawns
+(
+    version Int32 DEFAULT 1,
+    domain Int32,
+    teacher Nullable(String),
+    mode String,
+    priority Float64,
+    ts_ms Int64,
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (domain, mode, ts_ms);
+
+CREATE TABLE IF NOT EXISTS selfevolve.strategies
+(
+    version Int32 DEFAULT 1,
+    theta_high Float64,
+    theta_low Float64,
+    domain Int32 DEFAULT -1,
+    reason String DEFAULT '',
+    ts_ms Int64,
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (domain, ts_ms);

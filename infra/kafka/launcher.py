@@ -1,0 +1,370 @@
+"""Fetch, format, start and stop a one-node KRaft Kafka broker run from Maven Central jars."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from selfevolve.errors import BrokerError
+
+DEFAULT_VERSION = "4.1.1"
+POM = Path(__file__).resolve().with_name("pom.xml")
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
+JVM_FLAGS = ("-Xms256m", "-XX:+UseSerialGC", "-Djava.awt.headless=true")
+LOG = logging.getLogger(__name__)
+
+
+def random_cluster_id() -> str:
+    """A Kafka Uuid as StorageTool prints it: 16 random bytes, base64url without padding."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        # Kafka rejects ids that start with '-' (they read as CLI flags), so draw again.
+        if not cid.startswith("-"):
+            return cid
+
+
+def broker_properties(
+    log_dir: Path, port: int, controller_port: int, partitions: int = 1, node_id: int = 1
+) -> dict[str, str]:
+    """server.properties of a combined broker+controller that lives alone on 127.0.0.1."""
+    return {
+        "process.roles": "broker,controller",
+        "node.id": str(node_id),
+        "controller.quorum.voters": f"{node_id}@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(log_dir),
+        "num.partitions": str(partitions),
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        # One node: internal topics cannot have more replicas than brokers.
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        # Fewer internal partitions make the first group/transaction start in well under a second.
+        "offsets.topic.num.partitions": "8",
+        "transaction.state.log.num.partitions": "8",
+        # Tests and demos start consumers one by one; waiting 3 s for more members only slows them.
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "true",
+        "delete.topic.enable": "true",
+        # The dev machine has 2 cores shared by many: keep the thread count small.
+        "num.network.threads": "2",
+        "num.io.threads": "2",
+        "background.threads": "2",
+        "num.recovery.threads.per.data.dir": "1",
+        "log.cleaner.threads": "1",
+    }
+
+
+def render_properties(props: dict[str, str]) -> str:
+    """Java .properties text; backslashes are escaped as the format needs."""
+    return "".join(f"{k}={v.replace(chr(92), chr(92) * 2)}\n" for k, v in props.items())
+
+
+def log4j2_properties(log_file: Path) -> str:
+    """log4j2 config: everything at INFO into one file, nothing on the console."""
+    path = str(log_file).replace("\\", "\\\\")
+    return (
+        "status = warn\n"
+        "appender.file.type = File\n"
+        "appender.file.name = FILE\n"
+        f"appender.file.fileName = {path}\n"
+        "appender.file.layout.type = PatternLayout\n"
+        "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+        "rootLogger.level = INFO\n"
+        "rootLogger.appenderRef.file.ref = FILE\n"
+        "logger.kafka.name = org.apache.kafka\n"
+        "logger.kafka.level = INFO\n"
+    )
+
+
+def java_command(libs: Path, heap: str, log4j_file: Path, main: str, *args: str) -> list[str]:
+    """The java command line that runs `main` over every jar in libs."""
+    return [
+        "java", f"-Xmx{heap}", *JVM_FLAGS,
+        f"-Dlog4j2.configurationFile={log4j_file}",
+        "-cp", str(libs / "*"), main, *args,
+    ]  # fmt: skip
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+        return True
+    return False
+
+
+def free_port() -> int:
+    """A TCP port the OS reports free on 127.0.0.1 (racy, but good enough for tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def serves_metadata(bootstrap: str, timeout: float = 5.0) -> bool:
+    """True once the broker answers a Metadata request that lists at least one broker."""
+    from aiokafka import AIOKafkaClient  # infra may use aiokafka; only selfevolve/ must not
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout)
+        return bool(client.cluster.brokers())
+    except Exception:  # noqa: BLE001 - any failure just means "not ready yet"
+        return False
+    finally:
+        await client.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid is a live (not zombie) JVM running the Kafka main class."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X") and MAIN_CLASS.encode() in cmdline
+
+
+class KafkaBroker:
+    """One KRaft broker+controller on 127.0.0.1 whose state lives in data_dir."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        data_dir: Path,
+        port: int = 19092,
+        controller_port: int = 19093,
+        version: str = DEFAULT_VERSION,
+        heap: str = "512m",
+        partitions: int = 1,
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.controller_port = controller_port
+        self.version = version
+        self.heap = heap
+        self.partitions = partitions
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def libs_dir(self) -> Path:
+        return self.cache_dir / f"kafka-{self.version}" / "libs"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "kraft-logs"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "server.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "kafka.pid"
+
+    @property
+    def properties_file(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log4j_file(self) -> Path:
+        return self.data_dir / "log4j2.properties"
+
+    def _java(self, main: str, *args: str) -> list[str]:
+        return java_command(self.libs_dir, self.heap, self.log4j_file, main, *args)
+
+    def fetch(self) -> Path:
+        """Copy the broker's jars from Maven Central into the cache unless they are there."""
+        marker = self.libs_dir / f"kafka_2.13-{self.version}.jar"
+        if marker.exists():
+            return self.libs_dir
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BrokerError("mvn not found on PATH: install Maven (apt-get install maven) to fetch Kafka")
+        self._need_java()
+        tmp = self.libs_dir.with_name("libs.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [
+            mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+            f"-Dkafka.version={self.version}", f"-DoutputDirectory={tmp}",
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not (tmp / marker.name).exists():
+            tail = (done.stdout + done.stderr)[-2000:]
+            raise BrokerError(f"mvn could not fetch Kafka {self.version} (exit {done.returncode}):\n{tail}")
+        # Rename at the end so a half-copied folder never passes for a complete one.
+        shutil.rmtree(self.libs_dir, ignore_errors=True)
+        tmp.rename(self.libs_dir)
+        return self.libs_dir
+
+    @staticmethod
+    def _need_java() -> None:
+        if shutil.which("java") is None:
+            raise BrokerError("java not found on PATH: Kafka needs a JRE 17+ (apt-get install openjdk-17-jre-headless)")
+
+    def _write_config(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = broker_properties(self.log_dir, self.port, self.controller_port, self.partitions)
+        self.properties_file.write_text(render_properties(props))
+        self.log4j_file.write_text(log4j2_properties(self.log_file))
+
+    def is_formatted(self) -> bool:
+        return (self.log_dir / "meta.properties").exists()
+
+    def format(self) -> None:
+        """Format the KRaft storage with a fresh cluster id, unless data_dir already holds one."""
+        self._write_config()
+        if self.is_formatted():
+            return  # a restarted broker keeps its topics and committed offsets
+        self._need_java()
+        cid = random_cluster_id()
+        cmd = self._java(STORAGE_TOOL, "format", "-t", cid, "-c", str(self.properties_file))
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not self.is_formatted():
+            raise BrokerError(f"kafka-storage format failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+
+    def pid(self) -> int | None:
+        """The broker's pid from the pid file, if that process is still a live Kafka JVM."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if self._proc is not None and self._proc.pid == pid:
+            self._proc.poll()  # reap our own child so a dead broker is not seen as a zombie
+        return pid if _alive(pid) else None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, timeout: float = 90) -> str:
+        """Start the broker detached and wait until it serves metadata; returns the bootstrap address."""
+        if self.is_running():
+            self._wait_ready(timeout)
+            return self.bootstrap
+        self.fetch()
+        self.format()
+        for p in (self.port, self.controller_port):
+            if port_open(p):
+                raise BrokerError(f"port {p} on 127.0.0.1 is already taken by another process")
+        console = open(self.data_dir / "console.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            # Own session: the broker outlives this process and ^C in a shell does not reach it.
+            self._proc = subprocess.Popen(
+                self._java(MAIN_CLASS, str(self.properties_file)),
+                stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+                cwd=self.data_dir, start_new_session=True,
+            )  # fmt: skip
+        except OSError as e:
+            raise BrokerError(f"could not run java: {e}") from e
+        finally:
+            console.close()
+        self.pid_file.write_text(f"{self._proc.pid}\n")
+        try:
+            self._wait_ready(timeout)
+        except BrokerError:
+            self.stop()
+            raise
+        return self.bootstrap
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        # aiokafka logs an ERROR per refused connection while the JVM boots; that is expected here.
+        quiet = logging.getLogger("aiokafka")
+        old = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            while time.monotonic() < deadline:
+                if not self.is_running():
+                    raise BrokerError(f"Kafka exited during start; see {self.log_file} and console.log")
+                if port_open(self.port) and asyncio.run(serves_metadata(self.bootstrap)):
+                    return
+                time.sleep(0.25)
+        finally:
+            quiet.setLevel(old)
+        raise BrokerError(f"Kafka did not serve metadata on {self.bootstrap} within {timeout:.0f}s; see {self.log_file}")
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM (a clean shutdown that keeps data), then SIGKILL after timeout."""
+        pid = self.pid()
+        if pid is not None:
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                deadline = time.monotonic() + wait
+                while time.monotonic() < deadline and self.pid() is not None:
+                    time.sleep(0.1)
+                if self.pid() is None:
+                    break
+            if self.pid() is not None:
+                raise BrokerError(f"Kafka (pid {pid}) survived SIGKILL")
+        self.pid_file.unlink(missing_ok=True)
+        self._proc = None
+
+
+def _build(args: argparse.Namespace) -> KafkaBroker:
+    from selfevolve.config import Settings  # CLI defaults only; the class itself never reads settings
+
+    s = Settings()
+    port = args.port or int(s.kafka_bootstrap.rsplit(":", 1)[1])
+    data = Path(args.data) if args.data else s.home / "kafka"
+    return KafkaBroker(
+        s.cache_dir / "kafka", data, port=port, controller_port=args.controller_port or port + 1,
+        version=args.version, partitions=s.topic_partitions,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.kafka.launcher", description=__doc__)
+    parser.add_argument("command", choices=["fetch", "start", "stop", "status"])
+    parser.add_argument("--port", type=int, default=None, help="client port (default: from kafka_bootstrap)")
+    parser.add_argument("--controller-port", type=int, default=None, help="KRaft controller port (default: port+1)")
+    parser.add_argument("--data", default=None, help="data folder (default: <home>/kafka)")
+    parser.add_argument("--version", default=DEFAULT_VERSION, help="Kafka version from Maven Central")
+    parser.add_argument("--timeout", type=float, default=90.0)
+    args = parser.parse_args(argv)
+    broker = _build(args)
+    try:
+        if args.command == "fetch":
+            print(broker.fetch())
+        elif args.command == "start":
+            t0 = time.monotonic()
+            print(f"{broker.start(args.timeout)} (ready in {time.monotonic() - t0:.1f}s, log {broker.log_file})")
+        elif args.command == "stop":
+            broker.stop()
+            print("stopped")
+        else:
+            pid = broker.pid()
+            print(f"running pid {pid} on {broker.bootstrap}" if pid else "not running")
+            return 0 if pid else 1
+    except BrokerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmarks run as commands; each writes bench/results/<name>.json."""

@@ -1,0 +1,1 @@
+"""Shipped data: the model catalogue, the demo slice of RouterBench, loaders."""

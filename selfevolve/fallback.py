@@ -1,0 +1,26 @@
+"""Fallback chains: when a model fails, climb the price tiers until the supervisor answers."""
+
+from __future__ import annotations
+
+from selfevolve.catalogue import Catalogue, Role
+
+
+def fallback_chain(catalogue: Catalogue, model_name: str) -> list[str]:
+    """model_name, then the cheapest active model of each next tier up, ending with the supervisor.
+
+    The chain stops at the first supervisor it meets; if it runs out of tiers without one, the cheapest
+    active supervisor (if any) is appended so every chain ends with the last word of the hierarchy.
+    """
+    chain = [model_name]
+    spec = catalogue.get(model_name)
+    while spec.role != Role.SUPERVISOR:
+        nxt = catalogue.next_tier(spec.name)
+        if nxt is None:
+            break
+        chain.append(nxt.name)
+        spec = nxt
+    if spec.role != Role.SUPERVISOR:
+        supervisors = sorted(catalogue.by_role(Role.SUPERVISOR), key=lambda s: (s.tier, s.name))
+        if supervisors and supervisors[-1].name not in chain:
+            chain.append(supervisors[-1].name)
+    return chain

@@ -1,0 +1,171 @@
+"""Past queries: a FAISS index of their embeddings plus what was paid, who won and how each model did."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from selfevolve.errors import StoreError
+from selfevolve.linear import normalize
+
+# Exact search is cheap and exact up to here (measured: see `python -m selfevolve.history --n ...`);
+# beyond it the flat index is migrated once to HNSW, whose search grows ~log n.
+FLAT_LIMIT = 100_000
+
+
+@dataclass
+class Record:
+    """One delivered query: models called with their cost, the winner, and feedback once it arrives."""
+
+    query_id: str
+    tenant: str = "default"
+    strategy: str = ""
+    costs: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, float | None] = field(default_factory=dict)
+    winner: str | None = None
+    delivered: bool = True
+    task: str = ""
+    ts_ms: int = 0
+
+    @property
+    def called(self) -> tuple[str, ...]:
+        return tuple(self.costs)
+
+
+class History:
+    """Append-only store; search returns the k most similar past records, best first."""
+
+    def __init__(self, dim: int = 384, flat_limit: int = FLAT_LIMIT, hnsw_m: int = 32,
+                 ef_search: int = 64) -> None:
+        import faiss
+
+        self.dim, self.flat_limit, self.hnsw_m, self.ef_search = dim, flat_limit, hnsw_m, ef_search
+        self.index = faiss.IndexFlatIP(dim)
+        self.records: list[Record] = []
+        self._pos: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def kind(self) -> str:
+        return "flat" if type(self.index).__name__ == "IndexFlatIP" else "hnsw"
+
+    def add(self, vec: np.ndarray, record: Record) -> None:
+        self.add_many(np.atleast_2d(vec), [record])
+
+    def add_many(self, vecs: np.ndarray, records: list[Record]) -> None:
+        vecs = normalize(np.atleast_2d(vecs))
+        if vecs.shape != (len(records), self.dim):
+            raise StoreError(f"expected {len(records)} vectors of dim {self.dim}, got {vecs.shape}")
+        for r in records:
+            if r.query_id in self._pos:
+                raise StoreError(f"query {r.query_id} is already in the history")
+            self._pos[r.query_id] = len(self.records)
+            self.records.append(r)
+        self.index.add(vecs)
+        if self.kind == "flat" and self.index.ntotal > self.flat_limit:
+            self._to_hnsw()
+
+    def _to_hnsw(self) -> None:
+        import faiss
+
+        vecs = self.index.reconstruct_n(0, self.index.ntotal)
+        hnsw = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = 40
+        hnsw.hnsw.efSearch = self.ef_search
+        hnsw.add(vecs)
+        self.index = hnsw
+
+    def search(self, vec: np.ndarray, k: int) -> list[tuple[Record, float]]:
+        """The k nearest past records with their cosine similarity, most similar first."""
+        if not self.records or k <= 0:
+            return []
+        sims, ids = self.index.search(normalize(np.atleast_2d(vec)), min(k, len(self.records)))
+        return [(self.records[i], float(s)) for i, s in zip(ids[0], sims[0]) if i >= 0]
+
+    def get(self, query_id: str) -> Record | None:
+        pos = self._pos.get(query_id)
+        return None if pos is None else self.records[pos]
+
+    def save(self, directory: Path) -> None:
+        import faiss
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            faiss.write_index(self.index, str(directory / "index.faiss"))
+            with open(directory / "records.jsonl", "w") as f:
+                for r in self.records:
+                    f.write(json.dumps(asdict(r)) + "\n")
+            meta = {"dim": self.dim, "flat_limit": self.flat_limit, "hnsw_m": self.hnsw_m,
+                    "ef_search": self.ef_search}
+            (directory / "meta.json").write_text(json.dumps(meta))
+        except (OSError, RuntimeError) as e:
+            raise StoreError(f"cannot save history to {directory}") from e
+
+    @classmethod
+    def load(cls, directory: Path) -> History:
+        import faiss
+
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+            h = cls(**meta)
+            h.index = faiss.read_index(str(directory / "index.faiss"))
+            if hasattr(h.index, "hnsw"):
+                h.index.hnsw.efSearch = h.ef_search
+            with open(directory / "records.jsonl") as f:
+                h.records = [Record(**json.loads(line)) for line in f if line.strip()]
+        except (OSError, RuntimeError, ValueError, TypeError) as e:
+            raise StoreError(f"cannot load history from {directory}") from e
+        if h.index.ntotal != len(h.records):
+            raise StoreError(f"{directory}: {h.index.ntotal} vectors but {len(h.records)} records")
+        h._pos = {r.query_id: i for i, r in enumerate(h.records)}
+        return h
+
+
+def _scale(n: int, queries: int, seed: int) -> dict:
+    """Search latency of the flat and migrated indexes on n random unit vectors (a measurement)."""
+    rng = np.random.default_rng(seed)
+    h = History(flat_limit=n + 1)
+    vecs = normalize(rng.standard_normal((n, 384), dtype=np.float32))
+    h.index.add(vecs)
+    h.records = [Record(query_id=str(i)) for i in range(n)]
+    qs = vecs[rng.integers(0, n, queries)] + 0.05 * normalize(rng.standard_normal((queries, 384), dtype=np.float32))
+    out = {"n": n}
+    for kind in ("flat", "hnsw"):
+        if kind == "hnsw":
+            t = time.perf_counter()
+            h._to_hnsw()
+            out["hnsw_build_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ids = [h.index.search(normalize(q[None]), 10)[1][0] for q in qs]
+        out[f"{kind}_ms_per_query"] = 1000 * (time.perf_counter() - t) / queries
+        out[f"{kind}_top10"] = ids
+    exact, approx = out.pop("flat_top10"), out.pop("hnsw_top10")
+    out["hnsw_recall_at_10"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx)]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import faiss
+
+    p = argparse.ArgumentParser(description="measure history search latency at scale")
+    p.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    faiss.omp_set_num_threads(a.threads)
+    for n in a.n:
+        print(json.dumps(_scale(n, a.queries, seed=0)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

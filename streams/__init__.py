@@ -1,0 +1,1 @@
+"""Faust agents and Kafka/ClickHouse adapters around the pure core."""

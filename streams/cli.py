@@ -1,0 +1,152 @@
+"""The `selfevolve` command: run the stack, send queries, read answers, query history, replay, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from selfevolve.config import Settings
+from selfevolve.errors import SelfEvolveError
+
+
+def _up(args, settings: Settings) -> int:
+    from streams.stack import Stack
+
+    Stack(settings).up(model_workers=args.model_workers, backends=args.backends)
+    return _status(args, settings)
+
+
+def _down(args, settings: Settings) -> int:
+    from streams.stack import Stack
+
+    Stack(settings).down()
+    print("stopped")
+    return 0
+
+
+def _status(args, settings: Settings) -> int:
+    from streams.stack import Stack
+
+    for name, pid, where in Stack(settings).status():
+        state = "down" if pid is None else "up"
+        print(f"{name:16} {state:5} {'' if pid in (None, -1) else pid:>8}  {where}")
+    return 0
+
+
+def _produce(args, settings: Settings) -> int:
+    from streams.produce import produce_lines
+
+    src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    with src:
+        sent, errors = asyncio.run(produce_lines(settings, src))
+    for line_no, err in errors:
+        print(f"line {line_no}: {err}", file=sys.stderr)
+    print(f"sent {sent} queries to {settings.topic('queries')}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _answers(args, settings: Settings) -> int:
+    from streams.produce import print_answers
+
+    asyncio.run(print_answers(settings, follow=args.follow, tenant=args.tenant))
+    return 0
+
+
+def _sql(args, settings: Settings) -> int:
+    from streams.sqlclient import run_sql
+
+    columns, rows = run_sql(settings, args.query)
+    print("\t".join(columns))
+    for row in rows:
+        print("\t".join(str(v) for v in row))
+    return 0
+
+
+def _replay(args, settings: Settings) -> int:
+    from streams.replay import run_replay
+
+    report = run_replay(settings, Path(args.path), seed=args.seed, window=args.window,
+                        warmup=args.warmup, limit=args.limit, feedback=not args.no_feedback,
+                        progress=lambda r, n: print(f"  {r.answers}/{n} answered", file=sys.stderr))
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0
+
+
+def _demo(args, settings: Settings) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(settings, limit=args.limit, warmup=args.warmup)
+
+
+def _bench(args, settings: Settings) -> int:
+    import importlib
+
+    # Throughput needs the broker, so it lives with the adapters, not in the pure core.
+    where = "streams.throughput" if args.name == "throughput" else f"selfevolve.bench.{args.name}"
+    module = importlib.import_module(where)
+    return module.main(args.rest)
+
+
+def _setup_models(args, settings: Settings) -> int:
+    from selfevolve.lm import load_causal_lm
+
+    t0 = time.time()
+    load_causal_lm(None, settings)
+    print(f"SmolLM2-135M ready under {settings.cache_dir / 'models'} ({time.time() - t0:.1f}s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="selfevolve", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start broker, stream worker and model workers in the background")
+    up.add_argument("--model-workers", type=int, default=1)
+    up.add_argument("--backends", default="replay")
+    up.set_defaults(fn=_up)
+    sub.add_parser("down", help="stop the local stack").set_defaults(fn=_down)
+    sub.add_parser("status", help="say what runs where").set_defaults(fn=_status)
+    pr = sub.add_parser("produce", help="send JSON-lines queries (id, text, tenant, metadata)")
+    pr.add_argument("file", help="a file, or - for standard input")
+    pr.set_defaults(fn=_produce)
+    an = sub.add_parser("answers", help="print answers as they arrive")
+    an.add_argument("--follow", action="store_true")
+    an.add_argument("--tenant")
+    an.set_defaults(fn=_answers)
+    sq = sub.add_parser("sql", help="query the ClickHouse history")
+    sq.add_argument("query")
+    sq.set_defaults(fn=_sql)
+    rp = sub.add_parser("replay", help="replay a RouterBench-format dataset through the running stack")
+    rp.add_argument("path")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--window", type=int, default=50)
+    rp.add_argument("--warmup", type=int)
+    rp.add_argument("--limit", type=int)
+    rp.add_argument("--no-feedback", action="store_true")
+    rp.set_defaults(fn=_replay)
+    de = sub.add_parser("demo", help="start the embedded stack, replay the shipped workload, summarize")
+    de.add_argument("--limit", type=int)
+    de.add_argument("--warmup", type=int)
+    de.set_defaults(fn=_demo)
+    be = sub.add_parser("bench", help="benchmarks: quality, evolution, distill, throughput")
+    be.add_argument("name", choices=["quality", "evolution", "distill", "throughput"])
+    be.add_argument("rest", nargs=argparse.REMAINDER)
+    be.set_defaults(fn=_bench)
+    sub.add_parser("setup-models", help="convert SmolLM2-135M from its GGUF once").set_defaults(fn=_setup_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args, Settings())
+    except SelfEvolveError as e:
+        print(f"selfevolve: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

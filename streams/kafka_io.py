@@ -1,0 +1,64 @@
+"""Small aiokafka helpers shared by the CLI, the replay driver and the benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from selfevolve.config import Settings
+from selfevolve.errors import BrokerError
+from selfevolve.topics import Topics
+
+
+async def ensure_topics(settings: Settings, names: list[str] | None = None) -> None:
+    """Create every pipeline topic up front so partition counts match (Faust co-partitions by key)."""
+    names = names or Topics.from_settings(settings).all()
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        await admin.start()
+    except Exception as e:  # noqa: BLE001 - aiokafka raises several kinds here
+        raise BrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {e}") from e
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(n, settings.topic_partitions, 1) for n in names if n not in existing]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except Exception:  # noqa: BLE001 - a concurrent creator may have won the race
+                pass
+    finally:
+        await admin.close()
+
+
+def producer(settings: Settings, **kw) -> AIOKafkaProducer:
+    return AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True,
+                            linger_ms=5, **kw)
+
+
+async def tail_consumer(settings: Settings, topic: str, from_beginning: bool) -> AIOKafkaConsumer:
+    """A group-less consumer on every partition of `topic`, at the start or at the current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                client_id=f"tail-{uuid.uuid4().hex[:6]}")
+    await consumer.start()
+    deadline = time.time() + 30
+    parts = consumer.partitions_for_topic(topic)
+    while not parts and time.time() < deadline:
+        await consumer.force_metadata_update() if hasattr(consumer, "force_metadata_update") else None
+        await asyncio.sleep(0.2)
+        parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer.stop()
+        raise BrokerError(f"topic {topic} does not exist on {settings.kafka_bootstrap}")
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    if from_beginning:
+        await consumer.seek_to_beginning(*tps)
+    else:
+        await consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the lazy seek now, so records produced after this call are seen
+            await consumer.position(tp)
+    return consumer

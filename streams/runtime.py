@@ -1,0 +1,46 @@
+"""What every agent of one stream worker shares: settings, codec, topics, core state, producer helpers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from selfevolve.codec import Codec
+from selfevolve.config import Settings
+from selfevolve.deadletter import dead_letter
+from selfevolve.topics import Topics
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Runtime:
+    """Built once per worker process and passed to each agent's `register(app, rt)`."""
+
+    settings: Settings
+    codec: Codec
+    topics: Topics
+    app: Any = None
+    core: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings) -> "Runtime":
+        return cls(settings=settings, codec=Codec.from_dir(), topics=Topics.from_settings(settings))
+
+    def topic(self, name: str, *more: str):
+        """A raw-bytes Faust topic: agents decode themselves so bad bytes reach dead-letter."""
+        return self.app.topic(name, *more, key_serializer="raw", value_serializer="raw",
+                              partitions=self.settings.topic_partitions)
+
+    async def send(self, topic: str, kind: str, record: dict, key: str | None) -> None:
+        await self.app.topic(topic, key_serializer="raw", value_serializer="raw").send(
+            key=key.encode() if key is not None else None, value=self.codec.encode(kind, record))
+
+    async def dead_letter(self, event, error: BaseException) -> None:
+        msg = event.message
+        record = dead_letter(msg.topic, msg.partition, msg.offset, msg.value or b"", error, now_ms())
+        await self.send(self.topics.dead_letter, "dead_letter", record,
+                        key=msg.key.decode("utf-8", "replace") if msg.key else None)

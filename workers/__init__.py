@@ -1,0 +1,1 @@
+"""Worker processes: model inference and distillation training."""

@@ -1,0 +1,96 @@
+"""Model worker: consume inference requests for its backends, call them, produce responses transactionally."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import time
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from selfevolve.catalogue import Catalogue
+from selfevolve.codec import Codec
+from selfevolve.config import Settings
+from selfevolve.deadletter import dead_letter
+from selfevolve.errors import DecodeError, ValidationError
+from selfevolve.serving import serve_request
+from selfevolve.topics import Topics
+
+log = logging.getLogger("selfevolve.model_worker")
+GROUP = "selfevolve-model-workers"
+
+
+async def run(settings: Settings, backends_served: tuple[str, ...], worker_id: str,
+              stop: asyncio.Event) -> None:
+    """Consume-transform-produce loop; each poll's responses and offsets commit in one transaction."""
+    from selfevolve.backends.registry import build_backends
+
+    topics = Topics.from_settings(settings)
+    codec = Codec.from_dir()
+    catalogue = Catalogue.load(settings.catalogue)
+    backends = build_backends(settings, catalogue)
+    consumer = AIOKafkaConsumer(
+        *[topics.requests_for(b) for b in backends_served],
+        bootstrap_servers=settings.kafka_bootstrap, group_id=GROUP,
+        enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed")
+    # A stable transactional id fences a killed predecessor: its open transaction is aborted.
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
+                                transactional_id=f"selfevolve-model-worker-{worker_id}")
+    await producer.start()
+    await consumer.start()
+    log.info("model worker %s serving %s", worker_id, ",".join(backends_served))
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=256)
+            if not batches:
+                continue
+            messages = [m for msgs in batches.values() for m in msgs]
+            outs = await asyncio.gather(*(_handle(m, codec, catalogue, backends, settings, topics)
+                                          for m in messages))
+            async with producer.transaction():
+                for topic, key, value in outs:
+                    await producer.send(topic, value=value, key=key)
+                offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()}
+                await producer.send_offsets_to_transaction(offsets, GROUP)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def _handle(msg, codec: Codec, catalogue: Catalogue, backends, settings: Settings,
+                  topics: Topics) -> tuple[str, bytes | None, bytes]:
+    now = int(time.time() * 1000)
+    try:
+        request = codec.decode("inference_request", msg.value)
+    except (DecodeError, ValidationError) as e:
+        record = dead_letter(msg.topic, msg.partition, msg.offset, msg.value or b"", e, now)
+        return topics.dead_letter, msg.key, codec.encode("dead_letter", record)
+    response = await serve_request(request, catalogue, backends,
+                                   timeout_s=settings.backend_timeout_s, now_ms=now)
+    return topics.inference_responses, request["query_id"].encode(), codec.encode(
+        "inference_response", response)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="selfevolve-model-worker", description=__doc__)
+    parser.add_argument("--backends", default="replay", help="comma-separated backends to serve")
+    parser.add_argument("--worker-id", default="0")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = Settings()
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(settings, tuple(args.backends.split(",")), args.worker_id, stop)
+
+    asyncio.run(_main())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
