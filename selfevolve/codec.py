@@ -79,9 +79,12 @@ def _build(kind: str, raw: dict) -> _Schema:
 
 def _load_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read schema file {path}: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"schema file {path} does not hold a JSON object")
+    return raw
 
 
 class Codec:

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     clickhouse_url: str | None = None
     chdb_path: Path | None = None
     sink_batch_size: int = 500
+    sql_port: int = 8124
     sink_flush_seconds: float = 1.0
 
     # Routing.

@@ -24,14 +24,20 @@ answers print single choice without explanation letter correct following please 
 _MAX_TERMS = 400
 
 
-def initialize(radius: float = 0.35, max_domains: int = 32, max_terms: int = _MAX_TERMS) -> dict:
-    """Empty state; a query joins the nearest domain if its cosine distance is within radius."""
+def initialize(radius: float = 0.5, max_domains: int = 8, max_terms: int = _MAX_TERMS,
+               tail_chars: int = 600) -> dict:
+    """Empty state; a query joins the nearest domain if its cosine distance is within radius.
+
+    Past max_domains a query joins the nearest domain whatever its distance. Labels read only the
+    last tail_chars of a text: few-shot prompts put the question last, after a prefix shared by a
+    whole task, whose words would otherwise name every domain of that task.
+    """
     if not 0.0 < radius <= 2.0:
         raise ValidationError(f"radius must be in (0, 2], got {radius}")
     if max_domains < 1:
         raise ValidationError("max_domains must be at least 1")
     return {"radius": float(radius), "max_domains": int(max_domains), "max_terms": int(max_terms),
-            "centroids": [], "counts": [], "terms": [], "df": {}, "docs": 0}
+            "tail_chars": int(tail_chars), "centroids": [], "counts": [], "terms": [], "df": {}, "docs": 0}
 
 
 def terms(text: str) -> list[str]:
@@ -80,7 +86,7 @@ def assign(state: Mapping, vec: Sequence[float], text: str = "") -> tuple[dict, 
         c = np.asarray(out["centroids"][i]) * (n - 1) / n + v / n
         out["centroids"][i] = (c / np.linalg.norm(c)).tolist()
         out["counts"][i] = n
-    words = terms(text)
+    words = terms(text[-state["tail_chars"]:] if state["tail_chars"] > 0 else text)
     bag = dict(out["terms"][i])
     for w in words:
         bag[w] = bag.get(w, 0) + 1

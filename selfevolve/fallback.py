@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from selfevolve.catalogue import Catalogue, Role
+from selfevolve.catalogue import Catalogue, ModelSpec, Role
 
 
 def fallback_chain(catalogue: Catalogue, model_name: str) -> list[str]:
@@ -13,13 +13,17 @@ def fallback_chain(catalogue: Catalogue, model_name: str) -> list[str]:
     """
     chain = [model_name]
     spec = catalogue.get(model_name)
-    while spec.role != Role.SUPERVISOR:
+
+    def is_supervisor(s: ModelSpec) -> bool:
+        return s.role == Role.SUPERVISOR and not s.reserve  # the reserve pool holds no role yet
+
+    while not is_supervisor(spec):
         nxt = catalogue.next_tier(spec.name)
         if nxt is None:
             break
         chain.append(nxt.name)
         spec = nxt
-    if spec.role != Role.SUPERVISOR:
+    if not is_supervisor(spec):
         supervisors = sorted(catalogue.by_role(Role.SUPERVISOR), key=lambda s: (s.tier, s.name))
         if supervisors and supervisors[-1].name not in chain:
             chain.append(supervisors[-1].name)

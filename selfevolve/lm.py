@@ -78,6 +78,10 @@ def load_causal_lm(model_path: Path | None, settings: Settings) -> tuple[Any, An
         model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True)
     except Exception as e:
         raise TrainingError(f"cannot load {model_path}: {e}") from e
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(eos, int) and eos != tokenizer.eos_token_id:
+        # The GGUF tokenizer metadata names <|im_start|> as eos; the model ends its turns with <|im_end|>.
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # BPE text must round-trip exactly; the WordPiece clean-up would strip spaces before punctuation.

@@ -57,9 +57,9 @@ def _answers(args, settings: Settings) -> int:
 
 
 def _sql(args, settings: Settings) -> int:
-    from streams.sqlclient import run_sql
+    from streams.sqlclient import sql
 
-    columns, rows = run_sql(settings, args.query)
+    columns, rows = sql(settings, args.query)
     print("\t".join(columns))
     for row in rows:
         print("\t".join(str(v) for v in row))

@@ -11,7 +11,7 @@ import httpx
 from selfevolve.config import Settings
 from selfevolve.errors import SelfEvolveError
 from streams.replay import run_replay
-from streams.sqlclient import run_sql
+from streams.sqlclient import sql
 from streams.stack import Stack
 
 STAGE_TABLES = ("queries", "route_decisions", "inference_requests", "inference_responses", "scores",
@@ -23,7 +23,7 @@ def wait_ready(settings: Settings, timeout: float = 180.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            r = httpx.get(f"http://127.0.0.1:{settings.web_port}/ready/", timeout=2)
+            r = httpx.get(f"http://127.0.0.1:{settings.web_port}/ready", timeout=2)
             if r.status_code == 200 and r.json().get("ready"):
                 return
         except httpx.TransportError:
@@ -76,7 +76,7 @@ def summary(d: dict, settings: Settings) -> None:
     print("events per stage (ClickHouse):")
     for table in STAGE_TABLES:
         try:
-            _, rows = run_sql(settings, f"SELECT count() FROM (SELECT * FROM {table} FINAL)")
+            _, rows = sql(settings, f"SELECT count() FROM (SELECT * FROM {table} FINAL)")
             print(f"  {table:22} {rows[0][0]}")
         except SelfEvolveError as e:
             print(f"  {table:22} ? ({e})", file=sys.stderr)

@@ -34,6 +34,17 @@ async def ensure_topics(settings: Settings, names: list[str] | None = None) -> N
         await admin.close()
 
 
+async def partitions_of(settings: Settings, topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(p["partition"] for d in described if d.get("error_code", 0) == 0
+                  for p in d.get("partitions", []))
+
+
 def producer(settings: Settings, **kw) -> AIOKafkaProducer:
     return AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True,
                             linger_ms=5, **kw)
@@ -45,11 +56,10 @@ async def tail_consumer(settings: Settings, topic: str, from_beginning: bool) ->
                                 client_id=f"tail-{uuid.uuid4().hex[:6]}")
     await consumer.start()
     deadline = time.time() + 30
-    parts = consumer.partitions_for_topic(topic)
+    parts = await partitions_of(settings, topic)
     while not parts and time.time() < deadline:
-        await consumer.force_metadata_update() if hasattr(consumer, "force_metadata_update") else None
-        await asyncio.sleep(0.2)
-        parts = consumer.partitions_for_topic(topic)
+        await asyncio.sleep(0.5)
+        parts = await partitions_of(settings, topic)
     if not parts:
         await consumer.stop()
         raise BrokerError(f"topic {topic} does not exist on {settings.kafka_bootstrap}")

@@ -30,6 +30,26 @@ class Runtime:
     def build(cls, settings: Settings) -> "Runtime":
         return cls(settings=settings, codec=Codec.from_dir(), topics=Topics.from_settings(settings))
 
+    def routing(self) -> dict[str, Any]:
+        """The shared routing core, built on first use: catalogue, history (reloaded), embedder, router."""
+        if "router" not in self.core:
+            from selfevolve.catalogue import Catalogue
+            from selfevolve.embed import Embedder
+            from selfevolve.history import History
+            from selfevolve.routing import Router
+
+            catalogue = Catalogue.load(self.settings.catalogue)
+            where = self.history_dir
+            history = History.load(where) if (where / "meta.json").exists() else History()
+            embedder = Embedder(self.settings)
+            self.core.update(catalogue=catalogue, history=history, embedder=embedder, vectors={},
+                             router=Router(self.settings, catalogue, history, embedder))
+        return self.core
+
+    @property
+    def history_dir(self):
+        return self.settings.home / "history"
+
     def topic(self, name: str, *more: str):
         """A raw-bytes Faust topic: agents decode themselves so bad bytes reach dead-letter."""
         return self.app.topic(name, *more, key_serializer="raw", value_serializer="raw",

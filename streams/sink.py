@@ -14,7 +14,7 @@ log = logging.getLogger("selfevolve.sink")
 
 
 def register(app, rt) -> None:
-    from streams.store import HistoryStore
+    from streams.store import HistoryStore, serve_sql
 
     store = HistoryStore.open(rt.settings)
     store.ensure_schema()
@@ -40,24 +40,7 @@ def register(app, rt) -> None:
             for kind, batch in rows.items():
                 await asyncio.to_thread(store.insert, kind, batch)
 
-    @app.page("/sql")
-    async def sql(web, request):
-        """Run a SELECT on the live store: the sink owns the embedded chdb directory."""
-        body = await request.json()
-        try:
-            columns, data = await asyncio.to_thread(store.query, body["sql"])
-        except Exception as e:  # noqa: BLE001 - the caller gets the engine's message back
-            return web.json({"error": f"{type(e).__name__}: {e}"}, status=400)
-        return web.json({"columns": columns, "rows": [list(map(_jsonable, r)) for r in data]})
-
-
-def _jsonable(v):
-    if isinstance(v, (bytes, bytearray)):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, (int, float, str, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    return str(v)
+    @app.task
+    async def sql_endpoint():
+        """Serve read-only SQL for `selfevolve sql`: the sink process holds the chdb directory."""
+        rt.core["sql"] = await serve_sql(store, port=rt.settings.sql_port)

@@ -50,6 +50,12 @@ class Stack:
             broker = broker_for(self.settings)
             if not broker.is_running():
                 broker.start()
+        # Topics first: auto-created ones get one partition, and Faust needs them co-partitioned.
+        import asyncio
+
+        from streams.kafka_io import ensure_topics
+
+        asyncio.run(ensure_topics(self.settings))
         for svc in services(self.settings, model_workers, backends):
             self.start(svc)
 

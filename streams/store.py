@@ -83,7 +83,7 @@ class HistoryStore:
         self._client = client
         self._target = target
         self._lock = threading.Lock()
-        self._columns: dict[str, list[str]] = {}
+        self._columns: dict[str, list[tuple[str, str]]] = {}  # table -> insertable (name, type)
         self._closed = False
 
     @classmethod
@@ -107,7 +107,7 @@ class HistoryStore:
             raise StoreError(f"cannot open history store: {e}{hint}") from e
         store = cls(client, target)
         try:
-            if store._run(lambda c: c.command(f"EXISTS DATABASE {DATABASE}")):
+            if int(store._run(lambda c: c.command(f"EXISTS DATABASE {DATABASE}"))):
                 store._use_database()
         except StoreError:
             store.close()
@@ -144,16 +144,16 @@ class HistoryStore:
         self._columns.clear()
         self._use_database()
 
-    def _insertable(self, table: str) -> list[str]:
+    def _insertable(self, table: str) -> list[tuple[str, str]]:
         if table not in self._columns:
             _, rows = self.query(
-                "SELECT name FROM system.columns "
+                "SELECT name, type FROM system.columns "
                 f"WHERE database = '{DATABASE}' AND table = '{table}' "
                 "AND default_kind NOT IN ('MATERIALIZED', 'ALIAS') ORDER BY position"
             )
             if not rows:
                 raise StoreError(f"table {DATABASE}.{table} does not exist; call ensure_schema() first")
-            self._columns[table] = [r[0] for r in rows]
+            self._columns[table] = [(name, type_) for name, type_ in rows]
         return self._columns[table]
 
     def insert(self, kind: str, rows: list[dict[str, Any]]) -> int:
@@ -168,15 +168,19 @@ class HistoryStore:
             return 0
         columns = self._insertable(table)
         keys = rows[0].keys()
-        unknown = set(keys) - set(columns)
+        unknown = set(keys) - {name for name, _ in columns}
         if unknown:
             raise StoreError(f"{kind}: fields {sorted(unknown)} are not columns of {DATABASE}.{table}")
         for i, row in enumerate(rows):
             if row.keys() != keys:
                 raise StoreError(f"{kind}: row {i} has fields {sorted(row)}, row 0 has {sorted(keys)}")
-        names = [c for c in columns if c in keys]
+        names = [name for name, _ in columns if name in keys]
+        types = [type_ for name, type_ in columns if name in keys]
         data = [[row[c] for c in names] for row in rows]
-        self._run(lambda c: c.insert(table, data, column_names=names, database=DATABASE))
+        # Known types spare the driver a DESCRIBE TABLE round trip per batch.
+        self._run(
+            lambda c: c.insert(table, data, column_names=names, column_type_names=types, database=DATABASE)
+        )
         return len(rows)
 
     def query(self, sql: str, *, readonly: bool = False) -> tuple[list[str], list[tuple]]:
@@ -264,6 +268,8 @@ async def serve_sql(store: HistoryStore, host: str = "127.0.0.1", port: int = 81
         await runner.cleanup()
         raise StoreError(f"cannot serve SQL on {host}:{port}: {e}") from e
     bound_host, bound_port = runner.addresses[0][:2]
+    if ":" in bound_host:
+        bound_host = f"[{bound_host}]"  # IPv6 literal in a URL
     return SqlEndpoint(url=f"http://{bound_host}:{bound_port}", _runner=runner)
 
 

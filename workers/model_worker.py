@@ -38,6 +38,9 @@ async def run(settings: Settings, backends_served: tuple[str, ...], worker_id: s
     # A stable transactional id fences a killed predecessor: its open transaction is aborted.
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
                                 transactional_id=f"selfevolve-model-worker-{worker_id}")
+    from streams.kafka_io import ensure_topics
+
+    await ensure_topics(settings)
     await producer.start()
     await consumer.start()
     log.info("model worker %s serving %s", worker_id, ",".join(backends_served))

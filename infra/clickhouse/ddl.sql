@@ -29,7 +29,7 @@ ORDER BY query_id;
 
 CREATE TABLE IF NOT EXISTS selfevolve.route_decisions
 (
-    version Int32 DEFAULT 1,
+    version Int32 DEFAULT 2,
     query_id String,
     tenant String,
     strategy String,
@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS selfevolve.route_decisions
     theta_high Float64,
     theta_low Float64,
     decision_ms Float64,
+    metadata Map(String, String) DEFAULT map(),
+    plan String DEFAULT '',
     ts_ms Int64,
     ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
 )

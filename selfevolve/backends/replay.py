@@ -25,7 +25,10 @@ class _Recording:
 
 
 class ReplayBackend:
-    """Answers from recordings. Correctness is kept apart and only reachable through verdict()."""
+    """Answers from recordings. Correctness is kept apart and only reachable through verdict().
+
+    The recorded column is spec.options["replay_model"] when set, else spec.name.
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self._by_id: dict[str, _Recording] = {}

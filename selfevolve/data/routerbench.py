@@ -16,8 +16,11 @@ from selfevolve.errors import ConfigError
 
 RESPONSE_SUFFIX = "|model_response"
 COST_SUFFIX = "|total_cost"
-# Fields hold whole answers (code, few-shot prompts) longer than csv's 128 KiB default.
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def raise_field_limit() -> None:
+    """Fields hold whole answers (code, few-shot prompts) that can pass csv's 128 KiB default."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 _FILE_RE = re.compile(r"^(?P<task>.+)_(?P<split>[^_]+)\.csv(?:\.gz)?$")
 
@@ -43,7 +46,6 @@ class Dataset:
 
     samples: tuple[Sample, ...]
     models: tuple[str, ...]
-    empty_scores: int = 0
     _by_id: dict[str, Sample] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +54,11 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def empty_scores(self) -> int:
+        """Empty score cells (a model returned nothing scoreable); they are counted as wrong."""
+        return sum(s.empty_scores for s in self.samples)
 
     def __iter__(self):
         return iter(self.samples)
@@ -66,7 +73,7 @@ class Dataset:
     def split(self, name: str) -> Dataset:
         """The samples of one split (train / test)."""
         kept = tuple(s for s in self.samples if s.split == name)
-        return Dataset(kept, self.models, sum(s.empty_scores for s in kept))
+        return Dataset(kept, self.models)
 
     def accuracy(self, model: str) -> float:
         """Share of samples the model got right (empty scores count as wrong). Gold: for benchmarks only."""
@@ -107,8 +114,9 @@ def _open_text(path: Path) -> io.TextIOBase:
     return path.open(encoding="utf-8", newline="")
 
 
-def load_file(path: Path, task: str | None = None, split: str | None = None) -> tuple[list[Sample], int, list[str]]:
-    """(samples, empty score count, models) of one RouterBench CSV; task/split default from the file name."""
+def load_file(path: Path, task: str | None = None, split: str | None = None) -> tuple[list[Sample], list[str]]:
+    """(samples, models) of one RouterBench CSV; task/split default from the file name."""
+    raise_field_limit()
     m = _FILE_RE.match(path.name)
     if (task is None or split is None) and not m:
         raise ConfigError(f"{path.name}: expected a name like <task>_<split>.csv")
@@ -127,7 +135,6 @@ def load_file(path: Path, task: str | None = None, split: str | None = None) -> 
         if not models:
             raise ConfigError(f"{path}: no '<model>{RESPONSE_SUFFIX}' columns")
         samples: list[Sample] = []
-        empty = 0
         for n, row in enumerate(reader, start=2):
             if len(row) != len(header):
                 raise ConfigError(f"{path}:{n}: {len(row)} fields, header has {len(header)}")
@@ -148,8 +155,7 @@ def load_file(path: Path, task: str | None = None, split: str | None = None) -> 
             prompt = _literal_text(row[col["prompt"]], where)
             index = row[col[""]] if "" in col else str(n)
             samples.append(Sample(sid, sample_task, split, prompt, responses, costs, correct, row_empty, index))
-            empty += row_empty
-    return samples, empty, models
+    return samples, models
 
 
 def load_dir(path: Path, splits: tuple[str, ...] = ("train", "test")) -> Dataset:
@@ -162,11 +168,9 @@ def load_dir(path: Path, splits: tuple[str, ...] = ("train", "test")) -> Dataset
         raise ConfigError(f"{path}: no <task>_<split>.csv files for splits {splits}")
     samples: list[Sample] = []
     models: dict[str, None] = {}
-    empty = 0
     for f in files:
-        got, e, ms = load_file(f)
+        got, ms = load_file(f)
         samples.extend(got)
-        empty += e
         models.update(dict.fromkeys(ms))
     # RouterBench repeats a few arc sample_ids for different rows; suffix the row index so ids stay keys.
     counts = Counter(s.sample_id for s in samples)
@@ -175,4 +179,4 @@ def load_dir(path: Path, splits: tuple[str, ...] = ("train", "test")) -> Dataset
         if counts[s.sample_id] > 1:
             s = replace(s, sample_id=f"{s.sample_id}#{s.row}")
         fixed.append(s)
-    return Dataset(tuple(fixed), tuple(models), empty)
+    return Dataset(tuple(fixed), tuple(models))

@@ -98,7 +98,8 @@ _crash = st.tuples(st.integers(min_value=0, max_value=400), st.sampled_from(["be
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(min_value=0, max_value=200), st.integers(min_value=1, max_value=30), st.lists(_crash, max_size=4))
+@given(st.integers(min_value=0, max_value=200), st.integers(min_value=1, max_value=30),
+       st.lists(_crash, max_size=4))
 def test_crash_and_redelivery_store_each_event_once(n_events, max_rows, crashes):
     """Model of the sink contract: commit after flush, re-deliver from the commit, dedup by key."""
     table: dict[int, int] = {}  # ReplacingMergeTree read with FINAL: one row per key

@@ -145,6 +145,15 @@ def test_decode_failures_have_distinct_reasons(payload, reason):
             CODEC.decode("query", payload)
 
 
+def test_a_union_branch_out_of_range_is_corrupt_not_truncated():
+    data = bytearray(CODEC.encode("spawn", {"domain": 1, "teacher": "t", "mode": "live", "priority": 1.0,
+                                            "ts_ms": 5}))
+    assert data[HEADER_LEN + 2] == 2  # after version and domain: the union branch of `teacher` (1 = string)
+    data[HEADER_LEN + 2] = 8
+    with pytest.raises(DecodeError, match="^corrupt body: the spawn v1 record does not parse \\(IndexError"):
+        CODEC.decode("spawn", bytes(data))
+
+
 @pytest.mark.parametrize(
     ("record", "reason"),
     [
@@ -265,6 +274,8 @@ def test_a_new_required_field_cannot_read_old_records(tmp_path):
     ("files", "message"),
     [
         ({"versions/query.1.avsc": V1}, "is not named <kind>.v<N>.avsc"),
+        ({"query.avsc": ["string"]}, "does not hold a JSON object"),
+        ({"query.avsc": {**V1, "type": "enum"}}, "is not an Avro record"),
         ({"versions/query.v3.avsc": V1}, "is named v3 but its version field defaults to 1"),
         ({"versions/query.v2.avsc": _v1_stamped(2), "query.avsc": _v2()}, "two different 'query' schemas claim v2"),
         ({"versions/answr.v1.avsc": V1}, "no current schema answr.avsc"),

@@ -1,0 +1,39 @@
+"""Feedback into the history under the bandit rule: only models that were called, only after delivery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from selfevolve.history import History, Record
+
+
+@dataclass(frozen=True)
+class Feedback:
+    query_id: str
+    model: str
+    quality: float  # 0 = wrong, 1 = right
+
+
+def record_delivery(history: History, vector: np.ndarray, verdict, tenant: str = "default",
+                    task: str = "", ts_ms: int = 0) -> Record:
+    """Store a delivered verdict: what was paid per model and who won; quality waits for feedback."""
+    # Every called model is listed, failures at their real cost (often 0): they too were paid to try.
+    costs = {m: float(verdict.model_costs.get(m, 0.0)) for m in verdict.models_called}
+    rec = Record(query_id=verdict.query_id, tenant=tenant, strategy=verdict.strategy, costs=costs,
+                 quality={m: None for m in costs}, winner=verdict.winner, delivered=True, task=task,
+                 ts_ms=ts_ms)
+    history.add(vector, rec)
+    return rec
+
+
+def apply_feedback(history: History, fb: Feedback) -> bool:
+    """Learn fb if the model was called for a delivered query; otherwise learn nothing and say so."""
+    rec = history.get(fb.query_id)
+    if rec is None or not rec.delivered or fb.model not in rec.costs:
+        return False
+    if not 0.0 <= fb.quality <= 1.0:
+        return False
+    history.set_quality(fb.query_id, fb.model, fb.quality)
+    return True

@@ -1,0 +1,219 @@
+"""The similarity router: kNN Beta estimates of each model's quality, minus λ·cost, pick the strategy."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from selfevolve.catalogue import Catalogue, Role, estimate_cost
+from selfevolve.config import Settings
+from selfevolve.cost import TenantBudgets, fit_budget
+from selfevolve.errors import ConfigError
+from selfevolve.history import History
+
+TARGETED, HYBRID, PARALLEL = "targeted", "hybrid", "parallel"
+
+
+@dataclass(frozen=True)
+class RouteQuery:
+    """What the router needs of a query; vector is its embedding when the caller already has it."""
+
+    query_id: str
+    text: str
+    tenant: str = "default"
+    vector: np.ndarray | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The plan for one query. escalation holds the later cascade stages (hybrid only)."""
+
+    query_id: str
+    tenant: str
+    text: str
+    strategy: str
+    similarity: float
+    models: tuple[str, ...]
+    escalation: tuple[tuple[str, ...], ...]
+    escalate_below: float  # the arbiter escalates when its best confidence is under this
+    expected_cost: float  # first stage; max_cost adds every escalation stage
+    max_cost: float
+    budget: float | None
+    estimates: dict[str, float]  # posterior quality per model on similar past queries (its confidence)
+    costs: dict[str, float]  # expected USD per call
+    fallbacks: dict[str, str]  # model -> next tier, when a call fails
+    reason: str
+    theta_high: float
+    theta_low: float
+    cost_lambda: float
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    n: float  # weighted verdict count in the neighbourhood
+    cost: float
+
+
+class Router:
+    """route(query) -> Decision. Immutable: with_* return an updated copy (thresholds, λ, catalogue)."""
+
+    def __init__(self, settings: Settings, catalogue: Catalogue, history: History, embedder=None, *,
+                 theta_high: float | None = None, theta_low: float | None = None,
+                 cost_lambda: float | None = None, budgets: TenantBudgets | None = None,
+                 k: int | None = None, prior_strength: float = 2.0, max_parallel: int = 4,
+                 explore: float = 1.0, use_similarity: bool = True, cascade: bool = True,
+                 cheap_ratio: float = 0.25) -> None:
+        self.settings, self.catalogue, self.history, self.embedder = settings, catalogue, history, embedder
+        self.theta_high = settings.theta_high if theta_high is None else theta_high
+        self.theta_low = settings.theta_low if theta_low is None else theta_low
+        if not 0.0 <= self.theta_low <= self.theta_high:
+            raise ConfigError(f"need 0 <= θl <= θh (θh > 1 turns targeted off), got θl={self.theta_low} θh={self.theta_high}")
+        self.cost_lambda = settings.cost_lambda if cost_lambda is None else cost_lambda
+        self.budgets = budgets if budgets is not None else TenantBudgets()
+        self.k = k or settings.knn_k
+        self.prior_strength, self.max_parallel, self.explore = prior_strength, max_parallel, explore
+        self.use_similarity, self.cascade, self.cheap_ratio = use_similarity, cascade, cheap_ratio
+
+    def _copy(self, **changes) -> Router:
+        new = object.__new__(Router)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
+
+    def with_thresholds(self, theta_high: float, theta_low: float) -> Router:
+        if not 0.0 <= theta_low <= theta_high:
+            raise ConfigError(f"need 0 <= θl <= θh (θh > 1 turns targeted off), got θl={theta_low} θh={theta_high}")
+        return self._copy(theta_high=theta_high, theta_low=theta_low)
+
+    def with_lambda(self, cost_lambda: float) -> Router:
+        return self._copy(cost_lambda=cost_lambda)
+
+    def with_catalogue(self, catalogue: Catalogue) -> Router:
+        return self._copy(catalogue=catalogue)
+
+    # -- estimates -------------------------------------------------------------------------------
+    def _estimates(self, neighbours, names: list[str]) -> dict[str, Estimate]:
+        """Beta posterior per model: global prior of strength prior_strength, updated by neighbours."""
+        out = {}
+        for m in names:
+            g_mean, _, g_cost = self.history.model_mean(m)
+            prior = 0.5 if g_mean is None else g_mean
+            spec = self.catalogue.get(m)
+            cost = g_cost if g_cost is not None else estimate_cost(spec, 500, 200)
+            a, b, n, csum, cn = self.prior_strength * prior, self.prior_strength * (1 - prior), 0.0, 0.0, 0.0
+            for rec, sim in neighbours:
+                w = max(sim, 0.0)
+                q = rec.quality.get(m)
+                if q is not None:
+                    a, b, n = a + w * q, b + w * (1 - q), n + w
+                if m in rec.costs:
+                    csum, cn = csum + w * rec.costs[m], cn + w
+            # Costs scale with prompt length, so the neighbours' real costs beat the global mean.
+            out[m] = Estimate(a / (a + b), n, csum / cn if cn > 0 else cost)
+        return out
+
+    def _reference_cost(self, est: dict[str, Estimate]) -> float:
+        sups = [s.name for s in self.catalogue.active() if s.role == Role.SUPERVISOR and s.name in est]
+        ref = max((est[m].cost for m in sups), default=0.0) or max((e.cost for e in est.values()), default=0.0)
+        return ref if ref > 0 else 1.0
+
+    # -- the policy ------------------------------------------------------------------------------
+    def route(self, query: RouteQuery) -> Decision:
+        active = [s for s in self.catalogue.active()]
+        if not active:
+            raise ConfigError("the catalogue has no active model")
+        names = [s.name for s in active]
+        vec = query.vector
+        if vec is None and self.use_similarity:
+            if self.embedder is None:
+                raise ConfigError("the router needs an embedder or a query vector")
+            vec = self.embedder.encode([query.text])[0]
+        neighbours = self.history.search(vec, self.k) if self.use_similarity else []
+        s = neighbours[0][1] if neighbours else 0.0
+        est = self._estimates(neighbours, names)
+        ref = self._reference_cost(est)
+        lam = self.cost_lambda
+
+        def util(m: str) -> float:
+            return est[m].mean - lam * est[m].cost / ref
+
+        ranked = sorted(names, key=lambda m: (-util(m), est[m].cost, m))
+        if not self.use_similarity:
+            strategy = HYBRID if self.cascade else TARGETED
+        elif s >= self.theta_high:
+            strategy = TARGETED
+        elif s < self.theta_low:
+            strategy = PARALLEL
+        else:
+            strategy = HYBRID if self.cascade else TARGETED
+
+        escalation: tuple[tuple[str, ...], ...] = ()
+        escalate_below = 0.0
+        if strategy == TARGETED:
+            first = [ranked[0]]
+            why = f"s={s:.2f}>=θh: best neighbour model {ranked[0]} (q̂={est[ranked[0]].mean:.2f})"
+        elif strategy == HYBRID:
+            first, escalation, escalate_below = self._cascade(names, est, util)
+            why = (f"θl<=s={s:.2f}<θh: cheap pair {first}, then {[e[0] for e in escalation]} "
+                   f"if confidence < {escalate_below:.2f}")
+        else:
+            first = self._parallel(active, est, util)
+            why = f"s={s:.2f}<θl: explore one model per role {first}"
+
+        cap = self._cap(query.tenant)
+        costs = {m: est[m].cost for m in names}
+        first = fit_budget(first, costs, cap)
+        spent = sum(costs[m] for m in first)
+        if cap is not None:
+            kept = []
+            for stage in escalation:
+                if spent + sum(costs[m] for m in stage) > cap:
+                    break
+                kept.append(stage)
+                spent += sum(costs[m] for m in stage)
+            escalation = tuple(kept)
+        fallbacks = {}
+        for spec in active:
+            nxt = self.catalogue.next_tier(spec.name)
+            if nxt is not None:
+                fallbacks[spec.name] = nxt.name
+        return Decision(
+            query_id=query.query_id, tenant=query.tenant, text=query.text, strategy=strategy,
+            similarity=float(s), models=tuple(first), escalation=escalation,
+            escalate_below=float(escalate_below),
+            expected_cost=float(sum(costs[m] for m in first)), max_cost=float(spent), budget=cap,
+            estimates={m: float(est[m].mean) for m in names}, costs=costs, fallbacks=fallbacks,
+            reason=why + ("" if cap is None else f"; budget ${cap:.6f}"),
+            theta_high=self.theta_high, theta_low=self.theta_low, cost_lambda=lam)
+
+    def _cascade(self, names, est, util) -> tuple[list[str], tuple[tuple[str, ...], ...], float]:
+        """Two cheap models checked against each other; the likeliest-right model if they fall short."""
+        top = max(names, key=lambda m: (est[m].mean, -est[m].cost))
+        cheap = [m for m in names if m != top and est[m].cost <= self.cheap_ratio * est[top].cost]
+        pool = cheap if len(cheap) >= 2 else [m for m in names if m != top] or [top]
+        first = sorted(pool, key=lambda m: (-util(m), est[m].cost, m))[:2]
+        if top in first or est[top].mean <= max(est[m].mean for m in first):
+            return first, (), 0.0
+        # The arbiter escalates when its confidence is below what the top model is worth after its price.
+        return first, ((top,),), util(top)
+
+    def _parallel(self, active, est, util) -> list[str]:
+        """Best optimistic (UCB) model of each role, cheapest role first: exploration is paid for."""
+        def ucb(m: str) -> float:
+            e = est[m]
+            return util(m) + self.explore * math.sqrt(e.mean * (1 - e.mean) / (e.n + self.prior_strength + 1))
+
+        picks = []
+        for role in sorted({s.role for s in active}):
+            members = [s.name for s in active if s.role == role]
+            picks.append(max(members, key=lambda m: (ucb(m), -est[m].cost)))
+        if len(picks) > self.max_parallel:
+            # Keep the supervisor-side picks: they are the answer of last resort.
+            picks = picks[-self.max_parallel:]
+        return picks
+
+    def _cap(self, tenant: str) -> float | None:
+        caps = [c for c in (self.settings.budget_per_query_usd, self.budgets.remaining(tenant)) if c is not None]
+        return min(caps) if caps else None

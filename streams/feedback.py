@@ -1,0 +1,27 @@
+"""Feedback agent: verdicts about delivered answers update the routing history (bandit rule)."""
+
+from __future__ import annotations
+
+
+from selfevolve import learning
+from selfevolve.errors import DecodeError, ValidationError
+
+
+def register(app, rt) -> None:
+    @app.agent(rt.topic(rt.topics.feedback), name="feedback")
+    async def feedback(stream):
+        core = rt.routing()
+        async for event in stream.events():
+            try:
+                fb = rt.codec.decode("feedback", event.value)
+            except (DecodeError, ValidationError) as e:
+                await rt.dead_letter(event, e)
+                continue
+            # False means "not learnable" (model not called, query not delivered): ignored by design.
+            learning.apply_feedback(core["history"], learning.Feedback(fb["query_id"], fb["model"], fb["quality"]))
+
+    @app.timer(interval=10.0)
+    async def save_history():
+        """Snapshot the history so a restarted router starts from what it had learnt."""
+        core = rt.routing()
+        core["history"].save(rt.history_dir)  # on the loop: agents must not mutate it mid-write

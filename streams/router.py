@@ -1,0 +1,37 @@
+"""Router agent: decode and validate queries, embed a batch, call Router.route(), publish decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from selfevolve.errors import DecodeError, ValidationError
+from selfevolve.routing import RouteQuery
+from selfevolve.validation import validate_query
+from selfevolve.wire import decision_record
+from streams.runtime import now_ms
+
+
+def register(app, rt) -> None:
+    @app.agent(rt.topic(rt.topics.queries), name="router")
+    async def router(stream):
+        core = rt.routing()
+        # Batching amortises the embedding model over many queries: its cost dominates routing.
+        async for events in stream.take_events(64, within=0.01):
+            queries = []
+            for event in events:
+                try:
+                    queries.append(validate_query(rt.codec.decode("query", event.value),
+                                                  rt.settings.max_query_bytes))
+                except (DecodeError, ValidationError) as e:
+                    await rt.dead_letter(event, e)
+            if not queries:
+                continue
+            vectors = await asyncio.to_thread(core["embedder"].encode, [q["text"] for q in queries])
+            for q, vec in zip(queries, vectors):
+                t0 = time.perf_counter()
+                decision = core["router"].route(RouteQuery(q["query_id"], q["text"], q["tenant"], vec))
+                ms = (time.perf_counter() - t0) * 1000
+                core["vectors"][q["query_id"]] = vec
+                record = decision_record(decision, q["metadata"], ms, now_ms())
+                await rt.send(rt.topics.route_decisions, "route_decision", record, key=q["query_id"])

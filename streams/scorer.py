@@ -1,0 +1,71 @@
+"""Scorer agent: fold decisions and responses through the arbiter; send calls, scores and one answer."""
+
+from __future__ import annotations
+
+from selfevolve import arbiter, learning
+from selfevolve.errors import DecodeError, ValidationError
+from selfevolve.wire import (answer_record, decision_from_record, request_record, response_from_record,
+                             score_records)
+from streams.runtime import now_ms
+
+
+def register(app, rt) -> None:
+    # Per query: the event log that rebuilds its arbiter state after a restart (changelog-backed).
+    table = app.Table("arbiter", default=None, partitions=rt.settings.topic_partitions)
+    topic = rt.topic(rt.topics.route_decisions, rt.topics.inference_responses)
+
+    @app.agent(topic, name="scorer")
+    async def scorer(stream):
+        core = rt.routing()
+        async for event in stream.events():
+            kind = rt.topics.kind_of(event.message.topic)
+            try:
+                record = rt.codec.decode(kind, event.value)
+            except (DecodeError, ValidationError) as e:
+                await rt.dead_letter(event, e)
+                continue
+            qid = record["query_id"]
+            log = table.get(qid) or {"decision": None, "responses": [], "done": False}
+            if log["done"] or (kind == "route_decision" and log["decision"] is not None):
+                continue  # already answered, or a re-delivered decision
+            state = _rebuild(log, rt.settings.score_weights)
+            event_obj = decision_from_record(record) if kind == "route_decision" else response_from_record(record)
+            state, outputs = arbiter.step(state, event_obj)
+            if kind == "route_decision":
+                log = {**log, "decision": record}
+            else:
+                log = {**log, "responses": log["responses"] + [record]}
+            verdicts = [o for o in outputs if isinstance(o, arbiter.Verdict)]
+            # Mark done before sending: after a crash a duplicate answer is possible, a lost one is not.
+            table[qid] = {"decision": None, "responses": [], "done": True} if verdicts else log
+            decision = state.decision
+            for call in (o for o in outputs if isinstance(o, arbiter.Call)):
+                backend = core["catalogue"].get(call.model).backend
+                await rt.send(rt.topics.requests_for(backend), "inference_request",
+                              request_record(call, decision, log["decision"]["metadata"], now_ms()), key=qid)
+            for v in verdicts:
+                await _deliver(rt, core, v, log["decision"])
+
+
+async def _deliver(rt, core, v, decision_rec) -> None:
+    ts = now_ms()
+    domain = decision_rec.get("domain", -1)
+    for score in score_records(v, domain, ts):
+        await rt.send(rt.topics.scores, "score", score, key=v.query_id)
+    latency = ts - decision_rec["ts_ms"]
+    answer = answer_record(v, decision_rec["tenant"], domain, latency, ts)
+    await rt.send(rt.topics.answers, "answer", answer, key=decision_rec["tenant"])
+    vec = core["vectors"].pop(v.query_id, None)
+    if vec is None:  # lost with a restart: embed again rather than forget the query
+        vec = core["embedder"].encode([decision_from_record(decision_rec).text])[0]
+    learning.record_delivery(core["history"], vec, v, decision_rec["tenant"], ts_ms=ts)
+
+
+def _rebuild(log, weights) -> arbiter.State:
+    state = arbiter.State(weights=weights)
+    if log["decision"] is None:
+        return state
+    state, _ = arbiter.step(state, decision_from_record(log["decision"]))
+    for r in log["responses"]:
+        state, _ = arbiter.step(state, response_from_record(r))
+    return state
