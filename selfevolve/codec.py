@@ -177,6 +177,13 @@ class Codec:
             raise ValidationError(f"{kind} record has a string that is not valid UTF-8: {e}") from e
         return buf.getvalue()
 
+    def kind_of(self, data: bytes | bytearray | memoryview | None) -> str | None:
+        """The kind of the record's writer schema, from its fingerprint; None when it has none we know."""
+        if not data or len(data) < HEADER_LEN or bytes(data[: len(MAGIC)]) != MAGIC:
+            return None
+        writer = self._writers.get(bytes(data[len(MAGIC):HEADER_LEN]))
+        return writer.kind if writer is not None else None
+
     def decode(self, kind: str, data: bytes | bytearray | memoryview | None) -> dict:
         """Read single-object bytes into the current `kind` schema, resolving from the writer's version."""
         reader = self._get(kind)

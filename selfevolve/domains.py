@@ -28,7 +28,8 @@ def initialize(radius: float = 0.5, max_domains: int = 8, max_terms: int = _MAX_
                tail_chars: int = 600) -> dict:
     """Empty state; a query joins the nearest domain if its cosine distance is within radius.
 
-    Past max_domains a query joins the nearest domain whatever its distance. Labels read only the
+    Past max_domains the two closest domains merge to make room, unless the query is nearer its
+    nearest domain than they are to each other; then it joins that domain. Labels read only the
     last tail_chars of a text: few-shot prompts put the question last, after a prefix shared by a
     whole task, whose words would otherwise name every domain of that task.
     """
@@ -37,7 +38,8 @@ def initialize(radius: float = 0.5, max_domains: int = 8, max_terms: int = _MAX_
     if max_domains < 1:
         raise ValidationError("max_domains must be at least 1")
     return {"radius": float(radius), "max_domains": int(max_domains), "max_terms": int(max_terms),
-            "tail_chars": int(tail_chars), "centroids": [], "counts": [], "terms": [], "df": {}, "docs": 0}
+            "tail_chars": int(tail_chars), "centroids": [], "counts": [], "terms": [], "ids": [],
+            "next_id": 0, "merged": {}, "df": {}, "docs": 0}
 
 
 def terms(text: str) -> list[str]:
@@ -51,13 +53,31 @@ def terms(text: str) -> list[str]:
 
 def nearest(state: Mapping, vec: Sequence[float]) -> tuple[int, float]:
     """(domain id, cosine similarity) of the closest centroid; (-1, -inf) when there is none."""
+    i, sim = _nearest(state, _unit(vec))
+    return (state["ids"][i] if i >= 0 else -1), sim
+
+
+def _nearest(state: Mapping, v: np.ndarray) -> tuple[int, float]:
     if not state["centroids"]:
         return -1, float("-inf")
-    c = np.asarray(state["centroids"], dtype=np.float64)
-    v = _unit(vec)
-    sims = c @ v
-    i = int(np.argmax(sims))  # argmax takes the lowest id on ties, keeping replays identical
+    sims = np.asarray(state["centroids"], dtype=np.float64) @ v
+    i = int(np.argmax(sims))  # argmax takes the oldest domain on ties, keeping replays identical
     return i, float(sims[i])
+
+
+def _closest_pair(centroids: list) -> tuple[int, int, float]:
+    c = np.asarray(centroids, dtype=np.float64)
+    sims = c @ c.T
+    np.fill_diagonal(sims, -np.inf)
+    flat = int(np.argmax(sims))  # row-major: the lowest (i, j) pair wins ties
+    i, j = divmod(flat, len(c))
+    return min(i, j), max(i, j), float(sims[i, j])
+
+
+def _mean(a: Sequence[float], na: int, b: Sequence[float], nb: int) -> list[float]:
+    # A count-weighted mean keeps a centroid where its members are; renormalising keeps cosine exact.
+    c = (np.asarray(a) * na + np.asarray(b) * nb) / (na + nb)
+    return (c / np.linalg.norm(c)).tolist()
 
 
 def _unit(vec: Sequence[float]) -> np.ndarray:
@@ -69,23 +89,30 @@ def _unit(vec: Sequence[float]) -> np.ndarray:
 
 
 def assign(state: Mapping, vec: Sequence[float], text: str = "") -> tuple[dict, int]:
-    """Place one query; returns the new state and its domain id (ids are never reused or moved)."""
+    """Place one query; returns the new state and its domain id (ids are never reused)."""
     v = _unit(vec)
-    i, sim = nearest(state, v)
+    i, sim = _nearest(state, v)
     out = {**state, "centroids": list(state["centroids"]), "counts": list(state["counts"]),
-           "terms": list(state["terms"]), "df": dict(state["df"]), "docs": state["docs"] + 1}
-    full = len(out["centroids"]) >= state["max_domains"]
-    if i < 0 or (1.0 - sim > state["radius"] and not full):
+           "terms": list(state["terms"]), "ids": list(state["ids"]), "merged": dict(state["merged"]),
+           "df": dict(state["df"]), "docs": state["docs"] + 1}
+    far = i < 0 or 1.0 - sim > state["radius"]
+    if far and len(out["centroids"]) >= state["max_domains"]:
+        a, b, pair_sim = _closest_pair(out["centroids"])
+        if pair_sim > sim:
+            _merge(out, a, b)
+        else:
+            far = False
+    if far:
         i = len(out["centroids"])
         out["centroids"].append(v.tolist())
         out["counts"].append(1)
         out["terms"].append({})
+        out["ids"].append(out["next_id"])
+        out["next_id"] += 1
     else:
-        n = out["counts"][i] + 1
-        # The running mean keeps a centroid where its members are; renormalising keeps cosine exact.
-        c = np.asarray(out["centroids"][i]) * (n - 1) / n + v / n
-        out["centroids"][i] = (c / np.linalg.norm(c)).tolist()
-        out["counts"][i] = n
+        i = _nearest(out, v)[0]
+        out["centroids"][i] = _mean(out["centroids"][i], out["counts"][i], v, 1)
+        out["counts"][i] += 1
     words = terms(text[-state["tail_chars"]:] if state["tail_chars"] > 0 else text)
     bag = dict(out["terms"][i])
     for w in words:
@@ -94,7 +121,27 @@ def assign(state: Mapping, vec: Sequence[float], text: str = "") -> tuple[dict, 
     out["terms"][i] = _prune(bag, state["max_terms"])
     if len(out["df"]) > 8 * state["max_terms"]:
         out["df"] = _prune(out["df"], 8 * state["max_terms"])
-    return out, i
+    return out, out["ids"][i]
+
+
+def _merge(out: dict, a: int, b: int) -> None:
+    """Fold domain position b into a (the older id survives) and record the retired id."""
+    out["centroids"][a] = _mean(out["centroids"][a], out["counts"][a], out["centroids"][b], out["counts"][b])
+    out["counts"][a] += out["counts"][b]
+    bag = dict(out["terms"][a])
+    for w, c in out["terms"][b].items():
+        bag[w] = bag.get(w, 0) + c
+    out["terms"][a] = _prune(bag, out["max_terms"])
+    gone, keep = out["ids"][b], out["ids"][a]
+    out["merged"] = {k: (keep if v == gone else v) for k, v in out["merged"].items()}
+    out["merged"][str(gone)] = keep
+    for key in ("centroids", "counts", "terms", "ids"):
+        del out[key][b]
+
+
+def resolve(state: Mapping, domain: int) -> int:
+    """The live id a (possibly merged-away) domain id now belongs to."""
+    return state["merged"].get(str(domain), domain)
 
 
 def _prune(bag: dict, limit: int) -> dict:
@@ -106,25 +153,27 @@ def _prune(bag: dict, limit: int) -> dict:
 
 
 def label(state: Mapping, domain: int, k: int = 3) -> str:
-    """The domain's k most distinctive terms (count in domain times inverse document frequency)."""
-    if not 0 <= domain < len(state["terms"]):
+    """The domain's k most distinctive terms (count in domain times smoothed idf)."""
+    domain = resolve(state, domain)
+    if domain not in state["ids"]:
         raise ValidationError(f"no domain {domain}")
-    bag = state["terms"][domain]
+    bag = state["terms"][state["ids"].index(domain)]
     docs = max(1, state["docs"])
 
     def weight(kv: tuple[str, int]) -> float:
         w, c = kv
-        return c * math.log((1 + docs) / (1 + state["df"].get(w, c)))
+        # Smoothed idf (+1, as sklearn does): a word every query shares still names a lone domain.
+        return c * (1.0 + math.log((1 + docs) / (1 + state["df"].get(w, c))))
 
     top = sorted(bag.items(), key=lambda kv: (-weight(kv), kv[0]))[:k]
     return " ".join(w for w, _ in top) or f"domain-{domain}"
 
 
 def labels(state: Mapping, k: int = 3) -> dict[int, str]:
-    """Label of every domain."""
-    return {d: label(state, d, k) for d in range(len(state["centroids"]))}
+    """Label of every live domain."""
+    return {d: label(state, d, k) for d in state["ids"]}
 
 
 def sizes(state: Mapping) -> dict[int, int]:
-    """Queries seen per domain."""
-    return dict(enumerate(state["counts"]))
+    """Queries seen per live domain (merged domains add up)."""
+    return dict(zip(state["ids"], state["counts"]))

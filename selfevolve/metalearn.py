@@ -45,14 +45,18 @@ def pool(rows: Iterable[Mapping], domain: int = -1) -> dict[str, dict]:
     return {s: {"n": n, "quality": q / n, "cost": c / n} for s, (n, q, c) in sorted(acc.items()) if n > 0}
 
 
-def utilities(pooled: Mapping[str, Mapping], lam: float, normalize_cost: bool = True) -> dict[str, float]:
+def utilities(pooled: Mapping[str, Mapping], lam: float, normalize_cost: bool = True,
+              cost_scale: float | None = None) -> dict[str, float]:
     """quality − λ·cost per strategy.
 
-    Costs are USD per query (1e-4..1e-2) while quality lies in [0, 1]; dividing by the dearest
-    strategy's cost puts both on one scale, so λ trades them off instead of cost vanishing.
+    Costs are USD per query (1e-4..1e-2) while quality lies in [0, 1]; dividing by cost_scale (the
+    router's reference, the supervisor's price) or else by the dearest strategy's cost puts both on
+    one scale, so λ trades them off instead of cost vanishing.
     """
     top = max((p["cost"] for p in pooled.values()), default=0.0)
     scale = top if normalize_cost and top > 0 else 1.0
+    if normalize_cost and cost_scale:
+        scale = cost_scale
     return {s: p["quality"] - lam * p["cost"] / scale for s, p in pooled.items()}
 
 
@@ -80,7 +84,7 @@ def nudge(best: str, theta_high: float, theta_low: float, delta: float,
 
 def tune(rows: Iterable[Mapping], theta_high: float, theta_low: float, *, lam: float = 1.0,
          delta: float = 0.02, min_n: int = 20, domain: int = -1, ts_ms: int = 0,
-         normalize_cost: bool = True) -> dict:
+         normalize_cost: bool = True, cost_scale: float | None = None) -> dict:
     """One step of Algorithm 5.3 over STRATEGY_SQL rows; returns a Strategy record.
 
     Strategies with fewer than min_n answers are ignored: a handful of lucky answers should not move
@@ -91,7 +95,7 @@ def tune(rows: Iterable[Mapping], theta_high: float, theta_low: float, *, lam: f
     if not 0.0 <= theta_low < theta_high <= 1.0:
         raise ValidationError(f"need 0 <= θl < θh <= 1, got θl={theta_low} θh={theta_high}")
     pooled = {s: p for s, p in pool(rows, domain).items() if p["n"] >= min_n and s in STRATEGIES}
-    util = utilities(pooled, lam, normalize_cost)
+    util = utilities(pooled, lam, normalize_cost, cost_scale)
     hi, lo = theta_high, theta_low
     if len(util) >= 2:
         best = min(util, key=lambda s: (-util[s], STRATEGIES.index(s)))

@@ -53,6 +53,7 @@ def producer(settings: Settings, **kw) -> AIOKafkaProducer:
 async def tail_consumer(settings: Settings, topic: str, from_beginning: bool) -> AIOKafkaConsumer:
     """A group-less consumer on every partition of `topic`, at the start or at the current end."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed",
                                 client_id=f"tail-{uuid.uuid4().hex[:6]}")
     await consumer.start()
     deadline = time.time() + 30

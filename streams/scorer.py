@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from selfevolve import arbiter, learning
 from selfevolve.errors import DecodeError, ValidationError
 from selfevolve.wire import (answer_record, decision_from_record, request_record, response_from_record,
@@ -14,11 +16,16 @@ def register(app, rt) -> None:
     table = app.Table("arbiter", default=None, partitions=rt.settings.topic_partitions)
     topic = rt.topic(rt.topics.route_decisions, rt.topics.inference_responses)
 
+    # Live states, so the log is replayed only after a restart (a replay re-runs code checkers).
+    states: dict[str, arbiter.State] = {}
+
     @app.agent(topic, name="scorer")
     async def scorer(stream):
         core = rt.routing()
         async for event in stream.events():
-            kind = rt.topics.kind_of(event.message.topic)
+            # One merged stream of two kinds: the writer schema says which (a foreign one fails decode).
+            kind = rt.codec.kind_of(event.value)
+            kind = kind if kind in ("route_decision", "inference_response") else "inference_response"
             try:
                 record = rt.codec.decode(kind, event.value)
             except (DecodeError, ValidationError) as e:
@@ -28,9 +35,10 @@ def register(app, rt) -> None:
             log = table.get(qid) or {"decision": None, "responses": [], "done": False}
             if log["done"] or (kind == "route_decision" and log["decision"] is not None):
                 continue  # already answered, or a re-delivered decision
-            state = _rebuild(log, rt.settings.score_weights)
+            state = states.get(qid) or _rebuild(log, rt.settings.score_weights)
             event_obj = decision_from_record(record) if kind == "route_decision" else response_from_record(record)
-            state, outputs = arbiter.step(state, event_obj)
+            # Scoring may run a response's code against its own tests: keep the loop free meanwhile.
+            state, outputs = await asyncio.to_thread(arbiter.step, state, event_obj)
             if kind == "route_decision":
                 log = {**log, "decision": record}
             else:
@@ -38,6 +46,10 @@ def register(app, rt) -> None:
             verdicts = [o for o in outputs if isinstance(o, arbiter.Verdict)]
             # Mark done before sending: after a crash a duplicate answer is possible, a lost one is not.
             table[qid] = {"decision": None, "responses": [], "done": True} if verdicts else log
+            if verdicts:
+                states.pop(qid, None)
+            else:
+                states[qid] = state
             decision = state.decision
             for call in (o for o in outputs if isinstance(o, arbiter.Call)):
                 backend = core["catalogue"].get(call.model).backend

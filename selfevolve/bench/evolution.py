@@ -61,6 +61,8 @@ class Evolution:
         self.spawner = spawning.initialize()
         self.theta = (self.settings.theta_high, self.settings.theta_low)
         # Cheapest first: a spawned student is meant to be cheap; nothing else is known of reserves.
+        sups = [s.cost_per_call or 0.0 for s in self.base.active() if s.role == Role.SUPERVISOR]
+        self.supervisor_cost = max(sups, default=0.0) or None
         self.reserve = [s.name for s in sorted(self.base.reserve(), key=lambda s: (s.cost_per_call or 0, s.name))]
 
     def assign(self, vec, text: str) -> int:
@@ -110,8 +112,9 @@ class Evolution:
             self._apply(e)
         if not self.metalearn:
             return
+        # The last three cycles' answers, costs priced against the supervisor as the router does.
         ev = metalearn.tune(self.answers[-self.settings.window_size * 3:], *self.theta, lam=self.lam,
-                            ts_ms=ts_ms)
+                            ts_ms=ts_ms, cost_scale=self.supervisor_cost)
         if (ev["theta_high"], ev["theta_low"]) != self.theta:
             self.theta = (ev["theta_high"], ev["theta_low"])
             self.log["strategies"].append(ev)

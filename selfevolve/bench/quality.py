@@ -41,20 +41,26 @@ def catalogue_for(train, test, models, supervisor: str) -> Catalogue:
 
 
 def embed_all(settings: Settings, prompts: list[str]) -> np.ndarray:
-    """MiniLM vectors of prompts, cached under settings.cache_dir by a hash of the texts."""
+    """MiniLM vectors of prompts, cached per text under settings.cache_dir (any order, any subset)."""
     from selfevolve.embed import Embedder
 
-    key = hashlib.sha256("\x00".join(prompts).encode()).hexdigest()[:16]
-    path = Path(settings.cache_dir) / "embed" / f"minilm128-{key}.npy"
+    path = Path(settings.cache_dir) / "embed" / "minilm128.npz"
+    keys = [hashlib.sha256(p.encode()).hexdigest() for p in prompts]
+    cache: dict[str, np.ndarray] = {}
     if path.exists():
-        return np.load(path)
-    t = time.perf_counter()
-    vecs = Embedder(settings).encode(prompts)
-    dt = time.perf_counter() - t
-    print(f"embedded {len(prompts)} prompts in {dt:.1f}s ({len(prompts) / dt:.1f} texts/s, 1 thread)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, vecs)
-    return vecs
+        with np.load(path) as z:
+            cache = dict(zip(z["keys"].tolist(), z["vecs"]))
+    missing = list(dict.fromkeys(k for k in keys if k not in cache))
+    if missing:
+        text = {k: p for k, p in zip(keys, prompts)}
+        t = time.perf_counter()
+        vecs = Embedder(settings).encode([text[k] for k in missing])
+        dt = time.perf_counter() - t
+        print(f"embedded {len(missing)} prompts in {dt:.1f}s ({len(missing) / dt:.1f} texts/s, 1 thread)")
+        cache.update(zip(missing, vecs))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, keys=np.array(list(cache)), vecs=np.stack(list(cache.values())))
+    return np.stack([cache[k] for k in keys])
 
 
 @dataclass

@@ -98,8 +98,9 @@ class Router:
         """Beta posterior per model: global prior of strength prior_strength, updated by neighbours."""
         out = {}
         for m in names:
-            g_mean, _, g_cost = self.history.model_mean(m)
-            prior = 0.5 if g_mean is None else g_mean
+            g_mean, g_n, g_cost = self.history.model_mean(m)
+            # The global mean is itself shrunk to 1/2: one lucky verdict must not make a model look perfect.
+            prior = (0.5 * self.prior_strength + (g_mean or 0.0) * g_n) / (self.prior_strength + g_n)
             spec = self.catalogue.get(m)
             cost = g_cost if g_cost is not None else estimate_cost(spec, 500, 200)
             a, b, n, csum, cn = self.prior_strength * prior, self.prior_strength * (1 - prior), 0.0, 0.0, 0.0
@@ -188,12 +189,17 @@ class Router:
             reason=why + ("" if cap is None else f"; budget ${cap:.6f}"),
             theta_high=self.theta_high, theta_low=self.theta_low, cost_lambda=lam)
 
+    def _ucb(self, est, util, m: str) -> float:
+        e = est[m]
+        return util(m) + self.explore * math.sqrt(e.mean * (1 - e.mean) / (e.n + self.prior_strength + 1))
+
     def _cascade(self, names, est, util) -> tuple[list[str], tuple[tuple[str, ...], ...], float]:
         """Two cheap models checked against each other; the likeliest-right model if they fall short."""
         top = max(names, key=lambda m: (est[m].mean, -est[m].cost))
         cheap = [m for m in names if m != top and est[m].cost <= self.cheap_ratio * est[top].cost]
         pool = cheap if len(cheap) >= 2 else [m for m in names if m != top] or [top]
-        first = sorted(pool, key=lambda m: (-util(m), est[m].cost, m))[:2]
+        # Optimism for thinly observed cheap models: exploring inside the cheap stage costs little.
+        first = sorted(pool, key=lambda m: (-self._ucb(est, util, m), est[m].cost, m))[:2]
         if top in first or est[top].mean <= max(est[m].mean for m in first):
             return first, (), 0.0
         # The arbiter escalates when its confidence is below what the top model is worth after its price.
@@ -202,8 +208,7 @@ class Router:
     def _parallel(self, active, est, util) -> list[str]:
         """Best optimistic (UCB) model of each role, cheapest role first: exploration is paid for."""
         def ucb(m: str) -> float:
-            e = est[m]
-            return util(m) + self.explore * math.sqrt(e.mean * (1 - e.mean) / (e.n + self.prior_strength + 1))
+            return self._ucb(est, util, m)
 
         picks = []
         for role in sorted({s.role for s in active}):

@@ -296,3 +296,12 @@ def test_missing_or_empty_dir_is_a_config_error(tmp_path):
         Codec.from_dir(tmp_path / "nope")
     with pytest.raises(ConfigError, match="no \\*.avsc files"):
         Codec.from_dir(tmp_path)
+
+
+def test_kind_of_names_the_writer_kind_or_none():
+    codec = Codec.from_dir()
+    fb = codec.encode("feedback", {"query_id": "q", "model": "m", "quality": 1.0, "ts_ms": 1})
+    assert codec.kind_of(fb) == "feedback"
+    assert codec.kind_of(b"\x00garbage") is None
+    assert codec.kind_of(fb[:5]) is None
+    assert codec.kind_of(b"\xc3\x01" + b"\xff" * 8) is None

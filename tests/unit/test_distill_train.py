@@ -38,7 +38,8 @@ def tiny_base(tmp_path_factory, settings):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                      initializer_range=0.5)  # at the default 0.02 a rank-8 adapter cannot move 49k tiny logits
     path = tmp_path_factory.mktemp("tiny")
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
@@ -53,14 +54,16 @@ def _examples():
     ]
 
 
-def test_tiny_round_loss_falls_and_checkpoint_round_trips(tiny_base, settings, tmp_path):
+@pytest.mark.parametrize("full_finetune", [False, True])
+def test_tiny_round_loss_falls_and_checkpoint_round_trips(tiny_base, settings, tmp_path, full_finetune):
     torch.set_num_threads(1)
-    cfg = DistillConfig(base_model=str(tiny_base), steps=12, batch_size=2, lr=5e-2, warmup_steps=0, log_every=0)
+    cfg = DistillConfig(base_model=str(tiny_base), steps=12, batch_size=2, lr=5e-2, warmup_steps=0, log_every=0,
+                        full_finetune=full_finetune)
     student = build_student(cfg, settings)
     hist = train(cfg, student, _examples())
     assert len(hist["loss"]) == 12 and hist["steps"] == 12
     # Full batch of the same two examples every step: the loss is deterministic, a clear drop is learning.
-    assert sum(hist["loss"][-3:]) / 3 < sum(hist["loss"][:3]) / 3 - 0.5
+    assert sum(hist["loss"][-3:]) / 3 < 0.6 * sum(hist["loss"][:3]) / 3
     assert hist["reasoning"][0] > 0.0  # the GSM8K-style example's step was trained
 
     path = save_checkpoint(tmp_path / "arc" / "student.safetensors", student, cfg)

@@ -112,3 +112,11 @@ def test_replay_is_deterministic_and_json_safe(vecs, radius):
     assert ids1 == ids2
     assert json.loads(json.dumps(s1)) == s2
     assert all(0 <= d < len(s1["centroids"]) for d in ids1)
+
+
+def test_labels_skip_a_shared_few_shot_prefix():
+    prefix = "Example: volcano lava magma erupts. " * 40
+    state = domains.initialize(radius=2.0, tail_chars=30)
+    for q in ("Which gas do green plants absorb", "Why do green plants need gas exchange"):
+        state, _ = domains.assign(state, [1.0, 0.0], prefix + q)
+    assert "volcano" not in state["terms"][0] and "plants" in domains.label(state, 0)

@@ -51,6 +51,13 @@ def test_lambda_trades_quality_for_cost():
     assert metalearn.tune(rows, 0.8, 0.5, lam=1.0)["reason"].startswith("best=targeted")
 
 
+def test_cost_scale_sets_the_exchange_rate():
+    rows = [_row("targeted", 0.70, 0.001), _row("parallel", 0.90, 0.010)]
+    # Against a $0.10 reference the $0.009 difference is worth 0.09 < 0.2 of quality.
+    assert metalearn.tune(rows, 0.8, 0.5, cost_scale=0.1)["reason"].startswith("best=parallel")
+    assert metalearn.tune(rows, 0.8, 0.5, cost_scale=0.01)["reason"].startswith("best=targeted")
+
+
 def test_per_domain_rows():
     rows = [_row("targeted", 0.9, 0.001, domain=1), _row("parallel", 0.5, 0.01, domain=1),
             _row("targeted", 0.1, 0.001, domain=2), _row("parallel", 0.99, 0.001, domain=2)]

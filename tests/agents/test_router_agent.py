@@ -1,0 +1,51 @@
+"""The router agent: valid queries become decisions, bad ones dead letters, without a broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from selfevolve.routing import PARALLEL
+
+
+def _query(codec, qid: str, text: str, tenant: str = "t1") -> bytes:
+    return codec.encode("query", {"query_id": qid, "text": text, "tenant": tenant,
+                                  "metadata": {"sample_id": qid}, "ts_ms": 1})
+
+
+@pytest.mark.parametrize("payload_factory, reason", [
+    (lambda c: b"\x00garbage", "not Avro single-object encoding"),
+    (lambda c: c.encode("feedback", {"query_id": "q", "model": "m", "quality": 1.0, "ts_ms": 1}), "wrong schema"),
+    (lambda c: _query(c, "big", "x" * 40_000), "over the 32768-byte limit"),
+    (lambda c: _query(c, "blank", "   "), "text"),
+])
+def test_bad_query_goes_to_dead_letter_and_the_next_is_routed(harness, payload_factory, reason):
+    h = harness("streams.router")
+
+    async def run():
+        async with h.agent("router").test_context() as agent:
+            await agent.put(payload_factory(h.rt.codec))
+            await agent.put(_query(h.rt.codec, "ok-1", "What is the boiling point of water?"))
+            await h.wait_for("route_decision", 1)
+
+    asyncio.run(run())
+    letters = h.of_kind("dead_letter")
+    assert len(letters) == 1 and reason in letters[0]["reason"]
+    decisions = h.of_kind("route_decision")
+    assert [d["query_id"] for d in decisions] == ["ok-1"]
+
+
+def test_empty_history_routes_in_parallel_with_the_query_metadata(harness):
+    h = harness("streams.router")
+
+    async def run():
+        async with h.agent("router").test_context() as agent:
+            await agent.put(_query(h.rt.codec, "q-1", "Which gas do plants absorb?"))
+            await h.wait_for("route_decision", 1)
+
+    asyncio.run(run())
+    (d,) = h.of_kind("route_decision")
+    # Nothing is known yet, so similarity is 0 and the router explores several tiers.
+    assert d["strategy"] == PARALLEL and d["similarity"] == 0.0 and len(d["models"]) >= 2
+    assert d["metadata"] == {"sample_id": "q-1"} and d["plan"]
