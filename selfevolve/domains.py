@@ -28,8 +28,8 @@ def initialize(radius: float = 0.5, max_domains: int = 8, max_terms: int = _MAX_
                tail_chars: int = 600) -> dict:
     """Empty state; a query joins the nearest domain if its cosine distance is within radius.
 
-    Past max_domains the two closest domains merge to make room, unless the query is nearer its
-    nearest domain than they are to each other; then it joins that domain. Labels read only the
+    Past max_domains the pair of domains cheapest to merge (Ward) merges to make room, unless
+    joining the nearest domain costs less; then the query joins it. Labels read only the
     last tail_chars of a text: few-shot prompts put the question last, after a prefix shared by a
     whole task, whose words would otherwise name every domain of that task.
     """
@@ -65,13 +65,15 @@ def _nearest(state: Mapping, v: np.ndarray) -> tuple[int, float]:
     return i, float(sims[i])
 
 
-def _closest_pair(centroids: list) -> tuple[int, int, float]:
+def _cheapest_pair(centroids: list, counts: list) -> tuple[int, int, float]:
+    """The pair whose merge adds the least within-domain spread (Ward's criterion)."""
     c = np.asarray(centroids, dtype=np.float64)
-    sims = c @ c.T
-    np.fill_diagonal(sims, -np.inf)
-    flat = int(np.argmax(sims))  # row-major: the lowest (i, j) pair wins ties
+    n = np.asarray(counts, dtype=np.float64)
+    cost = np.outer(n, n) / (n[:, None] + n[None, :]) * (2.0 - 2.0 * (c @ c.T))
+    np.fill_diagonal(cost, np.inf)
+    flat = int(np.argmin(cost))  # row-major: the lowest (i, j) pair wins ties
     i, j = divmod(flat, len(c))
-    return min(i, j), max(i, j), float(sims[i, j])
+    return min(i, j), max(i, j), float(cost[i, j])
 
 
 def _mean(a: Sequence[float], na: int, b: Sequence[float], nb: int) -> list[float]:
@@ -97,8 +99,11 @@ def assign(state: Mapping, vec: Sequence[float], text: str = "") -> tuple[dict, 
            "df": dict(state["df"]), "docs": state["docs"] + 1}
     far = i < 0 or 1.0 - sim > state["radius"]
     if far and len(out["centroids"]) >= state["max_domains"]:
-        a, b, pair_sim = _closest_pair(out["centroids"])
-        if pair_sim > sim:
+        # Ward's criterion both ways: merging the cheapest pair (often two stray singletons) or
+        # stretching the nearest domain over this query, whichever spreads domains less.
+        a, b, pair_cost = _cheapest_pair(out["centroids"], out["counts"])
+        n = out["counts"][i]
+        if pair_cost < n / (n + 1) * (2.0 - 2.0 * sim):
             _merge(out, a, b)
         else:
             far = False
