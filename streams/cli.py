@@ -57,8 +57,17 @@ def _answers(args, settings: Settings) -> int:
 
 
 def _sql(args, settings: Settings) -> int:
-    from streams.sqlclient import sql
+    from streams.sqlclient import examples, sql
 
+    named = examples()
+    if args.list:
+        for name in named:
+            print(name)
+        return 0
+    if args.query in named:
+        args.query = named[args.query]
+    if not args.query:
+        raise SelfEvolveError("give a SELECT, or the name of an example (selfevolve sql --list)")
     columns, rows = sql(settings, args.query)
     print("\t".join(columns))
     for row in rows:
@@ -116,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--follow", action="store_true")
     an.add_argument("--tenant")
     an.set_defaults(fn=_answers)
-    sq = sub.add_parser("sql", help="query the ClickHouse history")
-    sq.add_argument("query")
+    sq = sub.add_parser("sql", help="query the ClickHouse history (SQL text, or an example's name)")
+    sq.add_argument("query", nargs="?", default="")
+    sq.add_argument("--list", action="store_true", help="list the example queries of infra/clickhouse/examples.sql")
     sq.set_defaults(fn=_sql)
     rp = sub.add_parser("replay", help="replay a RouterBench-format dataset through the running stack")
     rp.add_argument("path")
