@@ -13,7 +13,7 @@ from dataclasses import dataclass
 CHOICE, CODE, TEXT = "choice", "code", "text"
 
 _OPTION = re.compile(r"^\s*\(?([A-H])[).:]\s+\S", re.M)
-_SHOT_END = re.compile(r"Answer:[ \t]*\(?[A-H]\)?[ \t]*\n")
+_SHOT_END = re.compile(r"Answer:\s*\(?[A-H]\)?[ \t]*\n")
 _LEAD_LETTER = re.compile(r"^\s*(?:answer\s*[:\-]?\s*)?\(?([A-H])\)?(?:[).:,\s]|$)", re.I)
 _SAYS_LETTER = re.compile(r"(?:answer|choice|option)\s*(?:is|:)?\s*\(?([A-H])\)?\b", re.I)
 _FENCE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", re.S)

@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     gap_confidence: float = 0.5
     gap_failure_rate: float = 0.3
     window_size: int = 100
+    domain_radius: float = 0.5
+    max_domains: int = 8
+    promote_gated: bool = False
+    metalearn_interval_s: float = 30.0
+    metalearn_delta: float = 0.02
+    metalearn_horizon_s: float = 3600.0
+    # Replay mode activates recorded reserve models; live mode trains SmolLM2 students instead.
+    spawn_mode: str = "replay"
+    spawn_backends: tuple[str, ...] = ("replay",)
     max_models_per_domain: int = 6
 
     # Distillation.

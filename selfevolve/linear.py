@@ -9,10 +9,12 @@ def normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero), as float32."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 1:
-        n = float(np.linalg.norm(x))
-        return x / n if n > 0 else x.copy()
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(n > 0, n, 1.0)
+        return normalize(x[None])[0]
+    # Scale by the largest entry first so tiny or huge rows neither underflow nor overflow in float32.
+    m = np.abs(x).max(axis=1, keepdims=True) if x.size else np.ones((x.shape[0], 1), np.float32)
+    y = x / np.where(m > 0, m, 1.0)
+    n = np.linalg.norm(y, axis=1, keepdims=True)
+    return (y / np.where(n > 0, n, 1.0)).astype(np.float32)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -48,7 +48,8 @@ def response_from_record(record: Mapping) -> arbiter.Response:
 def score_records(v: arbiter.Verdict, domain: int, ts_ms: int) -> list[dict]:
     return [{"query_id": v.query_id, "model": m, "relevance": s.relevance, "correctness": s.correctness,
              "completeness": s.completeness, "clarity": s.clarity, "composite": s.composite,
-             "confidence": s.confidence, "winner": m == v.winner, "domain": domain, "ts_ms": ts_ms}
+             "confidence": s.confidence, "winner": m == v.winner, "domain": domain,
+             "cost_usd": float(v.model_costs.get(m, 0.0)), "contested": len(v.scores) >= 2, "ts_ms": ts_ms}
             for m, s in v.scores.items()]
 
 

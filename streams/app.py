@@ -9,7 +9,8 @@ import faust
 from selfevolve.config import Settings
 from streams.runtime import Runtime
 
-AGENT_MODULES = ("streams.router", "streams.scorer", "streams.feedback", "streams.sink")
+AGENT_MODULES = ("streams.router", "streams.scorer", "streams.feedback", "streams.sink", "streams.stats",
+                 "streams.gaps", "streams.metalearner")
 
 
 def create_app(settings: Settings, modules: tuple[str, ...] = AGENT_MODULES) -> tuple[faust.App, Runtime]:

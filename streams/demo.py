@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,10 @@ import httpx
 
 from selfevolve.config import Settings
 from selfevolve.errors import SelfEvolveError
-from streams.replay import run_replay
+from selfevolve.codec import Codec
+from selfevolve.topics import Topics
+from streams.kafka_io import tail_consumer
+from streams.replay import replay
 from streams.sqlclient import sql
 from streams.stack import Stack
 
@@ -48,13 +52,52 @@ def run_demo(settings: Settings, limit: int | None = None, warmup: int | None = 
                   f"cost={d['cost_usd']:.4f}$ vs supervisor {d['supervisor_cost_usd']:.4f}$  "
                   f"mix={d['strategies']}", flush=True)
 
-        report = run_replay(settings, settings.replay_dir, limit=limit, warmup=warmup, progress=progress)
+        report = asyncio.run(_replay_watching(settings, limit, warmup, progress))
         time.sleep(settings.sink_flush_seconds + 1.0)  # let the sink flush the last batch
         summary(report.as_dict(), settings)
     finally:
         stack.down()
     print(f"[demo] done in {time.time() - t0:.0f}s", flush=True)
     return 0
+
+
+async def _replay_watching(settings: Settings, limit, warmup, progress):
+    """Replay while printing evolution events (promotions, gaps, spawns, thresholds) as they happen."""
+    watcher = asyncio.create_task(watch_evolution(settings))
+    try:
+        return await replay(settings, settings.replay_dir, limit=limit, warmup=warmup, progress=progress)
+    finally:
+        await asyncio.sleep(2)  # let the last events arrive
+        watcher.cancel()
+
+
+async def watch_evolution(settings: Settings) -> None:
+    codec = Codec.from_dir()
+    topics = Topics.from_settings(settings)
+    kinds = {topics.model_events: "model_event", topics.gaps: "gap", topics.spawns: "spawn",
+             topics.strategy: "strategy"}
+    consumers = [await tail_consumer(settings, t, from_beginning=False) for t in kinds]
+    try:
+        while True:
+            for c in consumers:
+                for tp, msgs in (await c.getmany(timeout_ms=100)).items():
+                    for m in msgs:
+                        print(f"[evolution] {_describe(kinds[tp.topic], codec.decode(kinds[tp.topic], m.value))}",
+                              flush=True)
+    finally:
+        for c in consumers:
+            await c.stop()
+
+
+def _describe(kind: str, e: dict) -> str:
+    if kind == "model_event":
+        return f"{e['kind']:8} {e['model']} in domain {e['domain']}: {e['old_role']} -> {e['new_role']} ({e['reason']})"
+    if kind == "gap":
+        return (f"gap {e['kind']:5} domain {e['domain']}: confidence {e['mean_confidence']:.2f}, "
+                f"failure rate {e['failure_rate']:.2f}, priority {e['priority']:.2f}")
+    if kind == "spawn":
+        return f"spawn    a {e['mode']} student for domain {e['domain']}, teacher {e['teacher']}"
+    return f"strategy θh={e['theta_high']:.3f} θl={e['theta_low']:.3f} ({e['reason']})"
 
 
 def summary(d: dict, settings: Settings) -> None:

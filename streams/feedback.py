@@ -23,5 +23,4 @@ def register(app, rt) -> None:
     @app.timer(interval=10.0)
     async def save_history():
         """Snapshot the history so a restarted router starts from what it had learnt."""
-        core = rt.routing()
-        core["history"].save(rt.history_dir)  # on the loop: agents must not mutate it mid-write
+        rt.save()  # on the loop: agents must not mutate the history mid-write

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+from selfevolve import domains
 from selfevolve.errors import DecodeError, ValidationError
 from selfevolve.routing import RouteQuery
 from selfevolve.validation import validate_query
 from selfevolve.wire import decision_record
+from streams.evolution import catalogue_for
 from streams.runtime import now_ms
 
 
@@ -30,8 +32,11 @@ def register(app, rt) -> None:
             vectors = await asyncio.to_thread(core["embedder"].encode, [q["text"] for q in queries])
             for q, vec in zip(queries, vectors):
                 t0 = time.perf_counter()
-                decision = core["router"].route(RouteQuery(q["query_id"], q["text"], q["tenant"], vec))
+                core["domains"], domain = domains.assign(core["domains"], vec, q["text"])
+                # The domain's own roles and activated students: evolution reaches routing at once.
+                router = core["router"].with_catalogue(catalogue_for(rt, domain))
+                decision = router.route(RouteQuery(q["query_id"], q["text"], q["tenant"], vec))
                 ms = (time.perf_counter() - t0) * 1000
                 core["vectors"][q["query_id"]] = vec
-                record = decision_record(decision, q["metadata"], ms, now_ms())
+                record = decision_record(decision, q["metadata"], ms, now_ms(), domain)
                 await rt.send(rt.topics.route_decisions, "route_decision", record, key=q["query_id"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,9 +43,21 @@ class Runtime:
             where = self.history_dir
             history = History.load(where) if (where / "meta.json").exists() else History()
             embedder = Embedder(self.settings)
+            from selfevolve import domains, hierarchy
+
+            saved = where / "domains.json"
+            dom = (json.loads(saved.read_text()) if saved.exists()
+                   else domains.initialize(self.settings.domain_radius, self.settings.max_domains))
             self.core.update(catalogue=catalogue, history=history, embedder=embedder, vectors={},
+                             domains=dom, hierarchy=hierarchy.from_catalogue(catalogue),
                              router=Router(self.settings, catalogue, history, embedder))
         return self.core
+
+    def save(self) -> None:
+        """Snapshot what the router learnt (history and domains) so a restart starts from it."""
+        core = self.routing()
+        core["history"].save(self.history_dir)
+        (self.history_dir / "domains.json").write_text(json.dumps(core["domains"]))
 
     @property
     def history_dir(self):

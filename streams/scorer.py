@@ -63,7 +63,8 @@ async def _deliver(rt, core, v, decision_rec) -> None:
     ts = now_ms()
     domain = decision_rec.get("domain", -1)
     for score in score_records(v, domain, ts):
-        await rt.send(rt.topics.scores, "score", score, key=v.query_id)
+        # Keyed by domain: the statistics and gap tables downstream are per domain.
+        await rt.send(rt.topics.scores, "score", score, key=str(domain))
     latency = ts - decision_rec["ts_ms"]
     answer = answer_record(v, decision_rec["tenant"], domain, latency, ts)
     await rt.send(rt.topics.answers, "answer", answer, key=decision_rec["tenant"])

@@ -91,7 +91,7 @@ ORDER BY request_id;
 
 CREATE TABLE IF NOT EXISTS selfevolve.scores
 (
-    version Int32 DEFAULT 1,
+    version Int32 DEFAULT 2,
     query_id String,
     model String,
     relevance Float64,
@@ -102,6 +102,8 @@ CREATE TABLE IF NOT EXISTS selfevolve.scores
     confidence Float64,
     winner Bool,
     domain Int32 DEFAULT -1,
+    cost_usd Float64 DEFAULT 0,
+    contested Bool DEFAULT false,
     ts_ms Int64,
     ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
 )

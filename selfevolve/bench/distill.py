@@ -101,8 +101,9 @@ def bootstrap(a: list[bool], b: list[bool] | None = None, n: int = 2000, seed: i
 
 
 def run_task(name: str, train_ex: list[Example], test_ex: list[Example], cfg: DistillConfig,
-             settings: Settings, evaluate) -> dict:
-    """Before / response-only / all-three-losses rounds, each from a fresh copy of the base model."""
+             settings: Settings, evaluate, on_round=None) -> dict:
+    """Before / response-only / all-three-losses rounds, each from a fresh copy of the base model.
+    on_round(partial result) runs after each round, so a run cut short keeps what it measured."""
     rounds = {
         "before": None,
         "response_only": replace(cfg, lambda_rs=0.0, lambda_m=0.0, domain=name),
@@ -130,6 +131,8 @@ def run_task(name: str, train_ex: list[Example], test_ex: list[Example], cfg: Di
         }
         print(f"{name} {rname}: accuracy {np.mean(ok):.3f}, ECE {res['rounds'][rname]['ece']:.3f}", flush=True)
         del student
+        if on_round:
+            on_round(res)
     res["multi_minus_before"] = bootstrap(correct["multi_aspect"], correct["before"])
     res["multi_minus_response"] = bootstrap(correct["multi_aspect"], correct["response_only"])
     res["response_minus_before"] = bootstrap(correct["response_only"], correct["before"])
@@ -156,21 +159,28 @@ def main(argv: list[str] | None = None) -> int:
                  "threads": torch.get_num_threads(), "tasks": {},
                  "data": "ARC-Challenge: RouterBench (Hu et al., 2024); GSM8K: RouteLLM (lm-sys)"}
     t0 = time.perf_counter()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(task: str):
+        def on_round(partial: dict) -> None:
+            out["tasks"][task] = partial
+            args.out.write_text(json.dumps(out, indent=1))
+        return on_round
+
     for task in args.tasks.split(","):
         if task == "arc":
             tr = arc_examples(settings.data_dir, "train", args.train_limit)
             te = [e for e in arc_examples(settings.data_dir, "test", args.test_limit) if e.gold]
-            out["tasks"]["arc"] = run_task("arc", tr, te, base, settings, eval_arc)
+            out["tasks"]["arc"] = run_task("arc", tr, te, base, settings, eval_arc, save("arc"))
         elif task == "gsm8k":
             tr = gsm8k_examples(settings.data_dir, "train", args.train_limit)
             te = gsm8k_examples(settings.data_dir, "test", args.test_limit)
             out["tasks"]["gsm8k"] = run_task(
                 "gsm8k", tr, te, base, settings,
-                lambda s, ex: eval_gsm8k(s, ex, max_new_tokens=args.max_new_tokens))
+                lambda s, ex: eval_gsm8k(s, ex, max_new_tokens=args.max_new_tokens), save("gsm8k"))
         else:
             p.error(f"unknown task {task}")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1))  # after each task, so a cut-short run keeps its figures
+        args.out.write_text(json.dumps(out, indent=1))
     out["wall_s"] = time.perf_counter() - t0
     args.out.write_text(json.dumps(out, indent=1))
     for name, r in out["tasks"].items():

@@ -171,6 +171,7 @@ def _summary(evo: Evolution) -> dict:
     return {"cycles": evo.cycles, "domains": len(evo.domains["centroids"]),
             "labels": {str(k): v for k, v in domains.labels(evo.domains).items()},
             "sizes": {str(k): v for k, v in domains.sizes(evo.domains).items()},
+            "ids_issued": evo.domains["next_id"], "merged": evo.domains["merged"],
             "students_spawned": kinds.get("activate", 0), "spawn_commands": len(evo.log["spawns"]),
             "promotions_by_kind": dict(kinds), "role_moves": dict(moves),
             "gaps": gaps.counts(evo.gaps), "theta_final": list(evo.theta),
@@ -242,10 +243,14 @@ def _result(a, stream, on, off, fixed, reserve, supervisor, sup_usd, base, setti
     ids = on.pop("domain_ids")
     fixed.pop("domain_ids")
     evo = on["evolution"]
+    # As assigned online (what routing saw), and with merged-away ids mapped to their survivors.
+    final = [evo["merged"].get(str(d), d) for d in ids]
     evo["nmi"] = float(normalized_mutual_info_score(tasks, ids))
     evo["ari"] = float(adjusted_rand_score(tasks, ids))
-    evo["task_mix_per_domain"] = {str(d): dict(Counter(t for t, i in zip(tasks, ids) if i == d))
-                                  for d in sorted(set(ids))}
+    evo["nmi_after_merges"] = float(normalized_mutual_info_score(tasks, final))
+    evo["ari_after_merges"] = float(adjusted_rand_score(tasks, final))
+    evo["task_mix_per_domain"] = {str(d): dict(Counter(t for t, i in zip(tasks, final) if i == d))
+                                  for d in sorted(set(final))}
     half = len(on["windows"]) // 2
 
     def tail(run, key):
@@ -319,7 +324,9 @@ def _print(r: dict) -> None:
         x = c[name]
         print(f"{name} vs off: accuracy {x['accuracy_vs_off']:+.1%}  cost {x['cost_usd_vs_off']:+.1%}  "
               f"accuracy per dollar {x['accuracy_per_dollar_vs_off']:+.1%}")
-    print(f"cycles {e['cycles']}  domains {e['domains']} (NMI {e['nmi']:.3f}, ARI {e['ari']:.3f})  "
+    print(f"cycles {e['cycles']}  domains {e['domains']} live of {e['ids_issued']} "
+          f"(NMI {e['nmi']:.3f}, ARI {e['ari']:.3f}; after merges {e['nmi_after_merges']:.3f}, "
+          f"{e['ari_after_merges']:.3f})  "
           f"spawned {e['students_spawned']}  events {e['promotions_by_kind']} {e['role_moves']}  "
           f"gaps {e['gaps']}  θ {e['theta_final']} after {e['threshold_changes']} changes")
     print("domain labels: " + "; ".join(f"{k}: {v}" for k, v in e["labels"].items()))

@@ -14,6 +14,9 @@ from selfevolve.errors import ConfigError
 from selfevolve.history import History
 
 TARGETED, HYBRID, PARALLEL = "targeted", "hybrid", "parallel"
+# Pseudo-verdicts pulling a model's global mean to 1/2. Kept small: a strong pull would hide a rarely
+# called but excellent model (the supervisor) behind a cheap one we call every time.
+GLOBAL_STRENGTH = 2.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Estimate:
     mean: float
     n: float  # weighted verdict count in the neighbourhood
     cost: float
+    n_global: int = 0  # verdicts over the whole history
 
 
 class Router:
@@ -63,8 +67,8 @@ class Router:
     def __init__(self, settings: Settings, catalogue: Catalogue, history: History, embedder=None, *,
                  theta_high: float | None = None, theta_low: float | None = None,
                  cost_lambda: float | None = None, budgets: TenantBudgets | None = None,
-                 k: int | None = None, prior_strength: float = 2.0, max_parallel: int = 4,
-                 explore: float = 1.0, use_similarity: bool = True, cascade: bool = True,
+                 k: int | None = None, prior_strength: float = 20.0, max_parallel: int = 4,
+                 explore: float = 0.3, use_similarity: bool = True, cascade: bool = True,
                  cheap_ratio: float = 0.25) -> None:
         self.settings, self.catalogue, self.history, self.embedder = settings, catalogue, history, embedder
         self.theta_high = settings.theta_high if theta_high is None else theta_high
@@ -100,7 +104,7 @@ class Router:
         for m in names:
             g_mean, g_n, g_cost = self.history.model_mean(m)
             # The global mean is itself shrunk to 1/2: one lucky verdict must not make a model look perfect.
-            prior = (0.5 * self.prior_strength + (g_mean or 0.0) * g_n) / (self.prior_strength + g_n)
+            prior = (0.5 * GLOBAL_STRENGTH + (g_mean or 0.0) * g_n) / (GLOBAL_STRENGTH + g_n)
             spec = self.catalogue.get(m)
             cost = g_cost if g_cost is not None else estimate_cost(spec, 500, 200)
             a, b, n, csum, cn = self.prior_strength * prior, self.prior_strength * (1 - prior), 0.0, 0.0, 0.0
@@ -112,7 +116,7 @@ class Router:
                 if m in rec.costs:
                     csum, cn = csum + w * rec.costs[m], cn + w
             # Costs scale with prompt length, so the neighbours' real costs beat the global mean.
-            out[m] = Estimate(a / (a + b), n, csum / cn if cn > 0 else cost)
+            out[m] = Estimate(a / (a + b), n, csum / cn if cn > 0 else cost, g_n)
         return out
 
     def _reference_cost(self, est: dict[str, Estimate]) -> float:
@@ -140,7 +144,7 @@ class Router:
         def util(m: str) -> float:
             return est[m].mean - lam * est[m].cost / ref
 
-        ranked = sorted(names, key=lambda m: (-util(m), est[m].cost, m))
+        ranked = sorted(names, key=lambda m: (-self._ucb(est, util, m), est[m].cost, m))
         if not self.use_similarity:
             strategy = HYBRID if self.cascade else TARGETED
         elif s >= self.theta_high:
@@ -190,17 +194,18 @@ class Router:
             theta_high=self.theta_high, theta_low=self.theta_low, cost_lambda=lam)
 
     def _ucb(self, est, util, m: str) -> float:
-        e = est[m]
-        return util(m) + self.explore * math.sqrt(e.mean * (1 - e.mean) / (e.n + self.prior_strength + 1))
+        # Optimism shrinking with the model's verdict count: an untried model gets tried, then judged.
+        return util(m) + self.explore / math.sqrt(est[m].n_global + 1)
 
     def _cascade(self, names, est, util) -> tuple[list[str], tuple[tuple[str, ...], ...], float]:
         """Two cheap models checked against each other; the likeliest-right model if they fall short."""
         top = max(names, key=lambda m: (est[m].mean, -est[m].cost))
         cheap = [m for m in names if m != top and est[m].cost <= self.cheap_ratio * est[top].cost]
-        pool = cheap if len(cheap) >= 2 else [m for m in names if m != top] or [top]
+        if len(cheap) < 2:
+            return [top], (), 0.0  # nothing cheap enough to check it against: the best model alone
         # Optimism for thinly observed cheap models: exploring inside the cheap stage costs little.
-        first = sorted(pool, key=lambda m: (-self._ucb(est, util, m), est[m].cost, m))[:2]
-        if top in first or est[top].mean <= max(est[m].mean for m in first):
+        first = sorted(cheap, key=lambda m: (-self._ucb(est, util, m), est[m].cost, m))[:2]
+        if est[top].mean <= max(est[m].mean for m in first):
             return first, (), 0.0
         # The arbiter escalates when its confidence is below what the top model is worth after its price.
         return first, ((top,),), util(top)

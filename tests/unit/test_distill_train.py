@@ -134,3 +134,28 @@ def test_real_teacher_data(settings):
     assert g[0].gold == "18" and g[0].steps and "18" in g[0].response
     # Targets come from the teachers, not gold: a question GPT-4 got wrong still has GPT-4's answer as target.
     assert len(gsm8k_examples(settings.data_dir, "test")) == 1319 - 800
+
+
+@pytest.mark.parametrize(
+    "correct,conf,expected",
+    [
+        ([True, False], [1.0, 0.0], 0.0),  # perfectly calibrated
+        ([True, False, True, False], [0.9, 0.9, 0.9, 0.9], 0.4),  # says 0.9, is right half the time
+        ([False] * 3, [0.05] * 3, 0.05),
+    ],
+)
+def test_bench_ece(correct, conf, expected):
+    from selfevolve.bench.distill import ece
+
+    assert ece(correct, conf) == pytest.approx(expected)
+
+
+def test_bench_bootstrap_intervals():
+    from selfevolve.bench.distill import bootstrap
+
+    same = bootstrap([True] * 10, [True] * 10)
+    assert same == {"mean": 0.0, "lo": 0.0, "hi": 0.0}
+    mixed = bootstrap([True, False] * 50)
+    assert mixed["lo"] < 0.5 < mixed["hi"] and mixed["hi"] - mixed["lo"] < 0.3
+    better = bootstrap([True] * 80 + [False] * 20, [False] * 60 + [True] * 40)
+    assert better["lo"] > 0.0  # a clear paired gain has an interval above zero

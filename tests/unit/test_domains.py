@@ -60,10 +60,26 @@ def test_radius_controls_granularity(radius, at_least, at_most):
     assert at_least <= len(state["centroids"]) <= at_most
 
 
-def test_max_domains_caps_and_assigns_nearest():
-    vecs, _ = _blobs()
+def test_max_domains_caps_by_merging():
+    vecs, labels = _blobs()
     state, ids = _run(vecs, radius=1e-6, max_domains=5)
-    assert len(state["centroids"]) == 5 and max(ids) == 4
+    assert len(state["centroids"]) == 5 and sum(state["counts"]) == len(vecs)
+    # Every id ever handed out is either live or resolves to a live one; ids are never reused.
+    assert sorted(set(ids)) == list(range(state["next_id"]))
+    assert all(domains.resolve(state, d) in state["ids"] for d in ids)
+    # Merges follow Ward's criterion, so the three true blobs never share a live domain.
+    final = {(t, domains.resolve(state, d)) for t, d in zip(labels, ids)}
+    assert len({d for _, d in final}) == len(final)
+
+
+def test_full_state_joins_nearest_when_merging_costs_more():
+    # Two tight, far apart domains: a point near one should join it rather than merge the two.
+    state, _ = _run([[1, 0, 0], [1, 0.01, 0], [0, 1, 0], [0.01, 1, 0]], radius=0.1, max_domains=2)
+    state, d = domains.assign(state, [1, 0.2, 0])
+    assert d == 0 and state["merged"] == {} and domains.sizes(state) == {0: 3, 1: 2}
+    # A point far from both, with the two domains far apart too, still does not merge them.
+    state, d = domains.assign(state, [0, 0, 1])
+    assert d in (0, 1) and state["merged"] == {}
 
 
 def test_labels_name_the_topic():
@@ -111,7 +127,8 @@ def test_replay_is_deterministic_and_json_safe(vecs, radius):
     s2, ids2 = _run(vecs, radius=radius)
     assert ids1 == ids2
     assert json.loads(json.dumps(s1)) == s2
-    assert all(0 <= d < len(s1["centroids"]) for d in ids1)
+    assert all(domains.resolve(s1, d) in s1["ids"] for d in ids1)
+    assert len(s1["ids"]) <= s1["max_domains"]
 
 
 def test_labels_skip_a_shared_few_shot_prefix():

@@ -1,0 +1,34 @@
+"""Meta-learner: every interval, score each strategy from ClickHouse and nudge θh/θl (Algorithm 5.3)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from selfevolve import metalearn
+from streams.evolution import apply_strategy, recover
+from streams.runtime import now_ms
+
+
+def register(app, rt) -> None:
+    @app.task
+    async def recover_evolution():
+        await recover(rt)
+
+    @app.timer(interval=rt.settings.metalearn_interval_s)
+    async def tune_thresholds():
+        store = rt.core.get("store")
+        if store is None:
+            return
+        # The recent past only: thresholds should answer to today's traffic, not last month's.
+        since = now_ms() - int(rt.settings.metalearn_horizon_s * 1000)
+        sql = metalearn.STRATEGY_SQL.replace("{since_ms:Int64}", str(since))
+        columns, rows = await asyncio.to_thread(store.query, sql)
+        core = rt.routing()
+        router = core["router"]
+        sups = [s.cost_per_call or 0.0 for s in core["catalogue"].active() if s.role == "supervisor"]
+        event = metalearn.tune([dict(zip(columns, r)) for r in rows], router.theta_high, router.theta_low,
+                               lam=rt.settings.cost_lambda, delta=rt.settings.metalearn_delta, ts_ms=now_ms(),
+                               cost_scale=max(sups, default=0.0) or None)
+        if (event["theta_high"], event["theta_low"]) != (router.theta_high, router.theta_low):
+            apply_strategy(rt, event)
+            await rt.send(rt.topics.strategy, "strategy", event, key="global")

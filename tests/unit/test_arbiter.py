@@ -1,0 +1,118 @@
+"""Arbiter: calls, cascade escalation, fallback on failure, verdict; gold never decides the winner."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from selfevolve import arbiter
+from selfevolve.backends.replay import ReplayBackend
+from selfevolve.bench.quality import _serve
+from selfevolve.catalogue import Catalogue, ModelSpec, Role
+from selfevolve.config import Settings
+from selfevolve.data.routerbench import Dataset, Sample
+from selfevolve.history import History, Record
+from selfevolve.routing import HYBRID, PARALLEL, TARGETED, Decision, Router
+
+MC = "Pick.\nA) x\nB) y\nAnswer:"
+
+
+def _at(sim: float, base: np.ndarray, seed: int = 1) -> np.ndarray:
+    w = np.random.default_rng(seed).standard_normal(base.size).astype(np.float32)
+    w -= (w @ base) * base
+    w /= np.linalg.norm(w)
+    return (sim * base + np.sqrt(1 - sim**2) * w).astype(np.float32)
+
+
+def _decision(strategy, models, escalation=(), below=0.0, budget=None, fallbacks=None):
+    est = {"a": 0.7, "b": 0.7, "top": 0.95, "next": 0.8}
+    costs = {"a": 0.001, "b": 0.001, "top": 0.05, "next": 0.01}
+    return Decision("q", "t", MC, strategy, 0.7, tuple(models), tuple(escalation), below,
+                    0.002, 0.052, budget, est, costs, fallbacks or {"a": "next", "b": "next", "next": "top"},
+                    "test", 0.8, 0.5, 0.1)
+
+
+def _resp(model, answer, ok=True, cost=0.001, stage=0):
+    return arbiter.Response("q", model, answer, ok, cost, stage)
+
+
+def test_targeted_single_call_gives_a_verdict():
+    s, out = arbiter.start(_decision(TARGETED, ["a"]))
+    assert out == [arbiter.Call("q", "a", 0)]
+    s, out = arbiter.step(s, _resp("a", "B"))
+    assert isinstance(out[-1], arbiter.Verdict) and out[-1].winner == "a" and out[-1].answer == "B"
+
+
+def test_hybrid_agreement_stops_at_the_cheap_stage():
+    s, _ = arbiter.start(_decision(HYBRID, ["a", "b"], [("top",)], below=0.8))
+    s, out = arbiter.step(s, _resp("a", "A"))
+    assert out == []
+    s, out = arbiter.step(s, _resp("b", "A"))
+    v = out[-1]
+    assert v.models_called == ("a", "b") and v.stages == 1 and v.cost == pytest.approx(0.002)
+
+
+def test_hybrid_disagreement_escalates_and_the_top_model_settles_it():
+    s, _ = arbiter.start(_decision(HYBRID, ["a", "b"], [("top",)], below=0.8))
+    s, _ = arbiter.step(s, _resp("a", "A"))
+    s, out = arbiter.step(s, _resp("b", "B"))
+    assert out == [arbiter.Call("q", "top", 1)]
+    s, out = arbiter.step(s, _resp("top", "B", cost=0.05, stage=1))
+    v = out[-1]
+    assert v.winner in {"b", "top"} and v.answer == "B" and v.stages == 2
+    assert v.cost == pytest.approx(0.052) and set(v.model_costs) == {"a", "b", "top"}
+
+
+def test_escalation_respects_the_budget():
+    s, _ = arbiter.start(_decision(HYBRID, ["a", "b"], [("top",)], below=0.99, budget=0.01))
+    s, _ = arbiter.step(s, _resp("a", "A"))
+    s, out = arbiter.step(s, _resp("b", "B"))
+    assert isinstance(out[-1], arbiter.Verdict) and "top" not in out[-1].models_called
+
+
+def test_failed_call_falls_back_to_the_next_tier():
+    s, _ = arbiter.start(_decision(TARGETED, ["a"]))
+    s, out = arbiter.step(s, _resp("a", "", ok=False))
+    assert out == [arbiter.Call("q", "next", 0, fallback_from="a")]
+    s, out = arbiter.step(s, _resp("next", "A", cost=0.01))
+    assert out[-1].winner == "next" and out[-1].fallbacks == ("next",)
+
+
+def test_duplicate_and_foreign_responses_change_nothing():
+    s, _ = arbiter.start(_decision(PARALLEL, ["a", "b"]))
+    s, _ = arbiter.step(s, _resp("a", "A"))
+    s2, out = arbiter.step(s, _resp("a", "B"))
+    s3, out3 = arbiter.step(s2, _resp("zzz", "B"))
+    assert out == [] == out3 and s2 == s == s3
+
+
+MODELS = ["m0", "m1", "m2", "sup"]
+CAT = Catalogue([ModelSpec(m, "replay", r, i, cost_per_call=c) for i, (m, r, c) in enumerate(
+    [("m0", Role.STUDENT, 0.001), ("m1", Role.TA, 0.002), ("m2", Role.TEACHER, 0.01), ("sup", Role.SUPERVISOR, 0.05)])])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from(["A", "B", "maybe", ""]), min_size=4, max_size=4),
+       st.permutations([1.0, 0.0, 1.0, 0.0]), st.permutations([1.0, 0.0, 1.0, 0.0]),
+       st.sampled_from([0.3, 0.65, 0.95]))
+def test_permuting_gold_labels_changes_no_decision(answers, gold1, gold2, sim):
+    """The winner, the calls and the cost depend on answers and history, never on this query's gold."""
+    answers = dict(zip(MODELS, answers))
+    base = np.zeros(384, np.float32)
+    base[0] = 1
+    outcomes = []
+    for gold in (gold1, gold2):
+        ds = Dataset((Sample("x", "t", "test", MC, answers, {m: 0.001 * (i + 1) for i, m in enumerate(MODELS)},
+                             dict(zip(MODELS, gold))),), tuple(MODELS))
+        h = History()
+        rng = np.random.default_rng(0)
+        for i in range(20):
+            h.add(_at(0.99, base, i + 5), Record(f"p{i}", costs={m: 0.001 for m in MODELS},
+                                                  quality={m: float(rng.random() < 0.7) for m in MODELS}))
+        router = Router(Settings(), CAT, h, cost_lambda=0.1)
+        d, v, _ = asyncio.run(_serve(router, ReplayBackend(ds), CAT, ds.samples[0], _at(sim, base),
+                                     (0.2, 0.5, 0.15, 0.15), h))
+        outcomes.append((d.models, d.escalation, v.winner, v.answer, v.models_called, v.cost))
+    assert outcomes[0] == outcomes[1]

@@ -1,0 +1,127 @@
+"""Router: the three regimes, runtime thresholds and catalogue, cost-awareness and budget limits."""
+
+import numpy as np
+import pytest
+
+from selfevolve.catalogue import Catalogue, ModelSpec, Role
+from selfevolve.config import Settings
+from selfevolve.cost import TenantBudgets
+from selfevolve.errors import ConfigError
+from selfevolve.history import History, Record
+from selfevolve.routing import HYBRID, PARALLEL, TARGETED, RouteQuery, Router
+
+CAT = Catalogue([
+    ModelSpec("small", "replay", Role.STUDENT, 0, cost_per_call=0.001),
+    ModelSpec("mid", "replay", Role.TA, 1, cost_per_call=0.002),
+    ModelSpec("big", "replay", Role.TEACHER, 2, cost_per_call=0.01),
+    ModelSpec("sup", "replay", Role.SUPERVISOR, 3, cost_per_call=0.05),
+])
+COST = {"small": 0.001, "mid": 0.002, "big": 0.01, "sup": 0.05}
+
+
+def _at(sim: float, base: np.ndarray, seed: int = 1) -> np.ndarray:
+    """A unit vector with cosine `sim` to base."""
+    w = np.random.default_rng(seed).standard_normal(base.size).astype(np.float32)
+    w -= (w @ base) * base
+    w /= np.linalg.norm(w)
+    return (sim * base + np.sqrt(1 - sim**2) * w).astype(np.float32)
+
+
+@pytest.fixture
+def world():
+    """A history of 30 near-identical queries where 'mid' was always right and 'small' always wrong."""
+    base = np.zeros(384, dtype=np.float32)
+    base[0] = 1
+    h = History()
+    for i in range(30):
+        q = {"small": 0.0, "mid": 1.0, "big": 1.0, "sup": 1.0}
+        h.add(_at(0.99, base, i + 10), Record(f"p{i}", costs=dict(COST), quality=q))
+    return base, h
+
+
+@pytest.mark.parametrize("sim, strategy", [(0.95, TARGETED), (0.65, HYBRID), (0.2, PARALLEL)])
+def test_similarity_picks_the_regime(world, sim, strategy):
+    base, h = world
+    d = Router(Settings(), CAT, h, cost_lambda=0.5).route(RouteQuery("q", "text", vector=_at(sim, base)))
+    assert d.strategy == strategy
+    assert d.similarity == pytest.approx(sim * 0.99, abs=0.05)
+
+
+def test_targeted_calls_the_best_value_model_alone(world):
+    base, h = world
+    d = Router(Settings(), CAT, h, cost_lambda=0.5).route(RouteQuery("q", "t", vector=base))
+    assert d.models == ("mid",) and d.escalation == ()
+
+
+def test_without_cost_awareness_quality_ties_go_to_the_cheaper(world):
+    base, h = world
+    d = Router(Settings(), CAT, h, cost_lambda=0.0).route(RouteQuery("q", "t", vector=base))
+    assert d.models == ("mid",)
+
+
+def test_parallel_calls_one_model_per_role(world):
+    base, h = world
+    d = Router(Settings(), CAT, h).route(RouteQuery("q", "t", vector=_at(0.1, base)))
+    assert set(d.models) == {"small", "mid", "big", "sup"}
+
+
+def test_hybrid_checks_two_cheap_models_and_escalates_to_the_best():
+    base = np.zeros(384, dtype=np.float32)
+    base[0] = 1
+    h = History()
+    rng = np.random.default_rng(0)
+    acc = {"small": 0.7, "mid": 0.75, "big": 0.6, "sup": 0.95}
+    for i in range(60):
+        q = {m: float(rng.random() < a) for m, a in acc.items()}
+        h.add(_at(0.99, base, i + 10), Record(f"p{i}", costs=dict(COST), quality=q))
+    d = Router(Settings(), CAT, h, cost_lambda=0.1).route(RouteQuery("q", "t", vector=_at(0.65, base)))
+    assert d.strategy == HYBRID
+    assert set(d.models) == {"small", "mid"}
+    assert d.escalation == (("sup",),) and 0 < d.escalate_below < 1
+
+
+def test_hybrid_with_a_cheap_best_model_calls_it_alone(world):
+    base, h = world
+    d = Router(Settings(), CAT, h, cost_lambda=0.1).route(RouteQuery("q", "t", vector=_at(0.65, base)))
+    assert d.strategy == HYBRID and d.models == ("mid",) and d.escalation == ()
+
+
+def test_thresholds_update_at_runtime(world):
+    base, h = world
+    r = Router(Settings(), CAT, h)
+    q = RouteQuery("q", "t", vector=_at(0.7, base))
+    assert r.route(q).strategy == HYBRID
+    assert r.with_thresholds(0.6, 0.3).route(q).strategy == TARGETED
+    assert r.with_thresholds(0.95, 0.9).route(q).strategy == PARALLEL
+    with pytest.raises(ConfigError):
+        r.with_thresholds(0.4, 0.6)
+
+
+def test_updated_catalogue_is_obeyed(world):
+    base, h = world
+    smaller = Catalogue([s for s in CAT.models if s.name != "mid"])
+    d = Router(Settings(), CAT, h).with_catalogue(smaller).route(RouteQuery("q", "t", vector=base))
+    assert "mid" not in d.models and "mid" not in d.estimates
+
+
+def test_per_query_budget_caps_the_plan(world):
+    base, h = world
+    s = Settings(budget_per_query_usd=0.004)
+    d = Router(s, CAT, h).route(RouteQuery("q", "t", vector=_at(0.1, base)))
+    assert sum(COST[m] for m in d.models) <= 0.004 and d.models
+    assert d.max_cost <= 0.004
+
+
+def test_exhausted_tenant_budget_gets_only_the_cheapest(world):
+    base, h = world
+    b = TenantBudgets({"acme": 0.01})
+    b.charge("acme", 0.01)
+    d = Router(Settings(), CAT, h, budgets=b).route(RouteQuery("q", "t", tenant="acme", vector=_at(0.1, base)))
+    assert d.models == ("small",) and d.escalation == ()
+    other = Router(Settings(), CAT, h, budgets=b).route(RouteQuery("q", "t", tenant="other", vector=_at(0.1, base)))
+    assert len(other.models) == 4
+
+
+def test_empty_history_explores_in_parallel():
+    d = Router(Settings(), CAT, History()).route(RouteQuery("q", "t", vector=np.ones(384, np.float32)))
+    assert d.strategy == PARALLEL and len(d.models) >= 2
