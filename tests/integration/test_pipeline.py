@@ -80,8 +80,8 @@ def test_500_queries_500_answers_500_rows(stack, stack_settings):
         assert _wait_count(stack_settings, table, 500) >= 500, table
     # Feedback is posted only for models that were paid for, so it matches the responses' (query, model).
     n_fb = _wait_count(stack_settings, "feedback", 500)
-    _, rows = sql(stack_settings, "SELECT count() FROM (SELECT query_id, model FROM feedback FINAL) "
-                                  "LEFT ANTI JOIN (SELECT query_id, model FROM inference_requests FINAL) "
+    _, rows = sql(stack_settings, "SELECT count() FROM (SELECT query_id, model FROM feedback FINAL) AS f "
+                                  "LEFT ANTI JOIN (SELECT query_id, model FROM inference_requests FINAL) AS r "
                                   "USING (query_id, model)")
     assert n_fb >= 500 and rows[0][0] == 0
 
