@@ -37,7 +37,10 @@ def create_app(settings: Settings, modules: tuple[str, ...] = AGENT_MODULES) -> 
     async def ready(web, request):
         """Ready once this worker owns partitions: before that, produced queries would wait."""
         assigned = app.consumer.assignment() if app.consumer else set()
-        return web.json({"ready": bool(assigned), "partitions": len(assigned)})
+        # Tables must be rebuilt from their changelogs before their state means anything.
+        recovered = app.tables.recovery.completed.is_set() and not app.in_recovery
+        return web.json({"ready": bool(assigned) and recovered, "partitions": len(assigned),
+                         "recovered": recovered})
 
     import importlib
 

@@ -33,3 +33,10 @@ def register(app, rt) -> None:
             for e in decided:
                 apply_model_event(rt, e)  # at once, so the next score does not decide it again
                 await rt.send(rt.topics.model_events, "model_event", e, key=e["model"])
+
+    @app.page("/stats")
+    async def stats_page(web, request):
+        """The tables as they stand: raw aggregator states and their results, per domain key."""
+        return web.json({"alltime": {k: v for k, v in alltime.items()},
+                         "window": {k: v for k, v in window.items()},
+                         "result": {k: stats.table_result(v) for k, v in alltime.items()}})
