@@ -10,7 +10,7 @@ from selfevolve.config import Settings
 from streams.runtime import Runtime
 
 AGENT_MODULES = ("streams.router", "streams.scorer", "streams.feedback", "streams.sink", "streams.stats",
-                 "streams.gaps", "streams.metalearner")
+                 "streams.gaps", "streams.metalearner", "streams.model_events")
 
 
 def create_app(settings: Settings, modules: tuple[str, ...] = AGENT_MODULES) -> tuple[faust.App, Runtime]:

@@ -25,12 +25,13 @@ GROUP = "selfevolve-model-workers"
 async def run(settings: Settings, backends_served: tuple[str, ...], worker_id: str,
               stop: asyncio.Event) -> None:
     """Consume-transform-produce loop; each poll's responses and offsets commit in one transaction."""
-    from selfevolve.backends.registry import build_backends
+    from selfevolve.backends.registry import build_backend
 
     topics = Topics.from_settings(settings)
     codec = Codec.from_dir()
     catalogue = Catalogue.load(settings.catalogue)
-    backends = build_backends(settings, catalogue)
+    backends = {b: build_backend(b, settings, replay_dir=settings.replay_dir) for b in backends_served}
+    reloads = asyncio.create_task(follow_versions(settings, codec, topics, backends)) if "local" in backends else None
     consumer = AIOKafkaConsumer(
         *[topics.requests_for(b) for b in backends_served],
         bootstrap_servers=settings.kafka_bootstrap, group_id=GROUP,
@@ -58,8 +59,32 @@ async def run(settings: Settings, backends_served: tuple[str, ...], worker_id: s
                 offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()}
                 await producer.send_offsets_to_transaction(offsets, GROUP)
     finally:
+        if reloads is not None:
+            reloads.cancel()
         await consumer.stop()
         await producer.stop()
+
+
+async def follow_versions(settings: Settings, codec: Codec, topics: Topics, backends: dict) -> None:
+    """Hot-load each new student version published on model-events (from the start: the latest wins)."""
+    from pathlib import Path
+
+    from streams.kafka_io import tail_consumer
+
+    consumer = await tail_consumer(settings, topics.model_events, from_beginning=True)
+    try:
+        while True:
+            for msgs in (await consumer.getmany(timeout_ms=1000)).values():
+                for m in msgs:
+                    e = codec.decode("model_event", m.value)
+                    if e["kind"] == "version" and e["checkpoint"]:
+                        try:
+                            await backends["local"].reload(Path(e["checkpoint"]), model=e["model"])
+                            log.info("hot-loaded %s version %s", e["model"], e["checkpoint"])
+                        except Exception as err:  # noqa: BLE001 - a bad version must not stop serving
+                            log.error("cannot load %s: %s", e["checkpoint"], err)
+    finally:
+        await consumer.stop()
 
 
 async def _handle(msg, codec: Codec, catalogue: Catalogue, backends, settings: Settings,

@@ -19,6 +19,19 @@ def _is_adapter(path: Path) -> bool:
     return (path / "adapter_config.json").is_file()
 
 
+def _load_distilled(path: Path, settings: Settings) -> tuple[Any, Any]:
+    """A distilled student (selfevolve.distill checkpoint): its LoRA merged into the base for serving."""
+    from selfevolve.distill.train import load_checkpoint
+
+    try:
+        student, _ = load_checkpoint(path, settings)
+    except SelfEvolveError as e:
+        raise BackendError(f"cannot load distilled student {path}: {e}") from e
+    lm = student.lm.merge_and_unload() if hasattr(student.lm, "merge_and_unload") else student.lm
+    lm.eval()
+    return lm, student.tokenizer
+
+
 class LocalBackend:
     """Loads each local model on first use (torch is imported then, never at construction) and keeps it."""
 
@@ -46,6 +59,8 @@ class LocalBackend:
         from selfevolve.lm import load_causal_lm
 
         torch.set_num_threads(1)  # the serving host's cores are shared with the stream processors
+        if checkpoint is not None and checkpoint.suffix == ".safetensors":
+            return _load_distilled(checkpoint, self._settings)
         if checkpoint is None or not _is_adapter(checkpoint):
             return load_causal_lm(checkpoint, self._settings)
         from peft import PeftModel
@@ -87,8 +102,8 @@ class LocalBackend:
         while the old ones keep answering; the swap is a dict assignment, so no request sees half a model.
         """
         checkpoint_path = Path(checkpoint_path)
-        if not checkpoint_path.is_dir():
-            raise BackendError(f"checkpoint {checkpoint_path} is not a directory")
+        if not (checkpoint_path.is_dir() or checkpoint_path.suffix == ".safetensors" and checkpoint_path.is_file()):
+            raise BackendError(f"checkpoint {checkpoint_path} is neither a model directory nor a distilled student")
         loaded = await self._load_async(checkpoint_path, spec)
         self._cache[checkpoint_path] = loaded
         self._checkpoints[model] = checkpoint_path

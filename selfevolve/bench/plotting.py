@@ -11,7 +11,7 @@ def plot_quality(result: dict, path: Path) -> None:
     matplotlib.use("Agg")  # files only, never a display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(9.5, 5))
     curve = sorted(result["curve"], key=lambda p: p["cost_ratio"])
     ax.plot([p["cost_ratio"] for p in curve], [p["accuracy"] for p in curve], "o-", color="C0",
             label="selfevolve (λ sweep)")
@@ -27,7 +27,7 @@ def plot_quality(result: dict, path: Path) -> None:
     ax.set_ylabel("accuracy of the delivered answer")
     ax.set_title("Online routing on RouterBench test (Hu et al., 2024)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,0 +1,39 @@
+"""Live distillation (Algorithm 4.1): buffered teacher answers of one domain become one training round."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+from selfevolve.config import Settings
+from selfevolve.distill.config import DistillConfig
+from selfevolve.distill.data import Example, split_steps
+
+
+def examples_from_buffer(items: list[Mapping], domain: str) -> list[Example]:
+    """Teacher responses (prompt, answer, metrics) as training examples; steps split from the answer."""
+    out = []
+    for it in items:
+        steps, final = split_steps(str(it["answer"]))
+        metrics = tuple(float(x) for x in (it.get("metrics") or (0.0, 0.0, 0.0, 0.0)))
+        out.append(Example(prompt=str(it["prompt"]), response=final or str(it["answer"]), steps=steps,
+                           metrics=metrics, domain=domain))
+    return out
+
+
+def checkpoint_path(settings: Settings, domain: str, version: int) -> Path:
+    return settings.home / "students" / f"domain-{domain}" / f"v{version}.safetensors"
+
+
+def train_round(settings: Settings, domain: str, items: list[Mapping], version: int, steps: int,
+                base: DistillConfig | None = None) -> tuple[Path, dict]:
+    """Train a fresh LoRA student for `domain` on `items`; write checkpoint version `version`."""
+    from selfevolve.distill.train import build_student, save_checkpoint, train
+
+    cfg = replace(base or DistillConfig(), domain=f"d{domain}", steps=steps, log_every=0)
+    student = build_student(cfg, settings)
+    history = train(cfg, student, examples_from_buffer(items, domain))
+    path = save_checkpoint(checkpoint_path(settings, domain, version), student, cfg)
+    return path, {"steps": history["steps"], "examples": history["examples"], "wall_s": history["wall_s"],
+                  "first_loss": history["loss"][0], "last_loss": history["loss"][-1]}
