@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     # Distillation.
     distill_confidence: float = 0.8
     distill_buffer: int = 64
+    distill_steps: int = 20
 
     def to_env(self) -> dict[str, str]:
         """These settings as SELFEVOLVE_* variables, so child processes build the same Settings."""

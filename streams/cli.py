@@ -16,7 +16,7 @@ from selfevolve.errors import SelfEvolveError
 def _up(args, settings: Settings) -> int:
     from streams.stack import Stack
 
-    Stack(settings).up(model_workers=args.model_workers, backends=args.backends)
+    Stack(settings).up(model_workers=args.model_workers, backends=args.backends, live=args.live)
     return _status(args, settings)
 
 
@@ -88,7 +88,7 @@ def _replay(args, settings: Settings) -> int:
 def _demo(args, settings: Settings) -> int:
     from streams.demo import run_demo
 
-    return run_demo(settings, limit=args.limit, warmup=args.warmup)
+    return run_demo(settings, limit=args.limit, warmup=args.warmup, live=not args.no_live)
 
 
 def _bench(args, settings: Settings) -> int:
@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start broker, stream worker and model workers in the background")
     up.add_argument("--model-workers", type=int, default=1)
     up.add_argument("--backends", default="replay")
+    up.add_argument("--live", action="store_true", help="also run the distillation trainer and a local-model worker")
     up.set_defaults(fn=_up)
     sub.add_parser("down", help="stop the local stack").set_defaults(fn=_down)
     sub.add_parser("status", help="say what runs where").set_defaults(fn=_status)
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="start the embedded stack, replay the shipped workload, summarize")
     de.add_argument("--limit", type=int)
     de.add_argument("--warmup", type=int)
+    de.add_argument("--no-live", action="store_true", help="skip the live distillation phase")
     de.set_defaults(fn=_demo)
     be = sub.add_parser("bench", help="benchmarks: quality, evolution, distill, throughput")
     be.add_argument("name", choices=["quality", "evolution", "distill", "throughput"])

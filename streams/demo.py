@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from selfevolve.config import Settings
 from selfevolve.errors import SelfEvolveError
 from selfevolve.codec import Codec
 from selfevolve.topics import Topics
-from streams.kafka_io import tail_consumer
+from streams.kafka_io import producer, tail_consumer
 from streams.replay import replay
 from streams.sqlclient import sql
 from streams.stack import Stack
@@ -36,11 +37,15 @@ def wait_ready(settings: Settings, timeout: float = 180.0) -> None:
     raise SelfEvolveError(f"stream worker not ready after {timeout:.0f}s; see {settings.home / 'logs'}")
 
 
-def run_demo(settings: Settings, limit: int | None = None, warmup: int | None = None) -> int:
+def run_demo(settings: Settings, limit: int | None = None, warmup: int | None = None, live: bool = True) -> int:
+    if live:
+        # Only the demo's explicit live spawn trains; the buffer alone would train mid-replay.
+        settings = settings.model_copy(update={"distill_buffer": 10**9,
+                                               "distill_steps": min(settings.distill_steps, 8)})
     stack = Stack(settings)
     t0 = time.time()
     print(f"[demo] starting Kafka, the stream worker and a model worker (logs: {stack.logs})", flush=True)
-    stack.up()
+    stack.up(live=live)
     try:
         wait_ready(settings)
         print(f"[demo] stack ready in {time.time() - t0:.0f}s; replaying {settings.replay_dir.name} "
@@ -55,6 +60,8 @@ def run_demo(settings: Settings, limit: int | None = None, warmup: int | None = 
         report = asyncio.run(_replay_watching(settings, limit, warmup, progress))
         time.sleep(settings.sink_flush_seconds + 1.0)  # let the sink flush the last batch
         summary(report.as_dict(), settings)
+        if live:
+            asyncio.run(live_distillation(settings, stack))
     finally:
         stack.down()
     print(f"[demo] done in {time.time() - t0:.0f}s", flush=True)
@@ -98,6 +105,84 @@ def _describe(kind: str, e: dict) -> str:
     if kind == "spawn":
         return f"spawn    a {e['mode']} student for domain {e['domain']}, teacher {e['teacher']}"
     return f"strategy θh={e['theta_high']:.3f} θl={e['theta_low']:.3f} ({e['reason']})"
+
+
+async def live_distillation(settings: Settings, stack: Stack, timeout: float = 900.0) -> None:
+    """Live mode, short form: spawn a SmolLM2 student for the busiest domain, train it on its buffered
+    teacher answers, hot-load it in the local worker, and ask it the same question before and after."""
+    from selfevolve.catalogue import Catalogue
+
+    cat = Catalogue.load(settings.catalogue)
+    teachers = ", ".join(f"'{s.name}'" for s in cat.models if s.role in ("teacher", "supervisor"))
+    _, rows = sql(settings, f"SELECT domain, count() AS n FROM scores FINAL WHERE model IN ({teachers}) "
+                            f"AND confidence > {settings.distill_confidence} GROUP BY domain ORDER BY n DESC LIMIT 1")
+    if not rows:
+        print("[live] no confident teacher answer was buffered; nothing to distil")
+        return
+    domain, n = int(rows[0][0]), int(rows[0][1])
+    _, plans = sql(settings, f"SELECT plan FROM route_decisions FINAL WHERE domain = {domain} LIMIT 1")
+    question = json.loads(plans[0][0])["text"]
+    codec, topics = Codec.from_dir(), Topics.from_settings(settings)
+    prod = producer(settings)
+    await prod.start()
+    responses = await tail_consumer(settings, topics.inference_responses, from_beginning=False)
+    versions = await tail_consumer(settings, topics.model_events, from_beginning=False)
+    try:
+        print(f"[live] asking the base SmolLM2-135M a question of domain {domain} ...", flush=True)
+        before = await _ask_local(prod, responses, codec, topics, question, "before", timeout)
+        print(f"[live] base student answered: {before!r}", flush=True)
+        spawn = {"domain": domain, "teacher": None, "mode": "live", "priority": 1.0,
+                 "ts_ms": int(time.time() * 1000)}
+        await prod.send_and_wait(topics.spawns, key=str(domain).encode(), value=codec.encode("spawn", spawn))
+        print(f"[live] spawn: a live student for domain {domain}, from {n} confident teacher answers; "
+              f"training {settings.distill_steps} steps on the CPU ...", flush=True)
+        version = await _wait_version(versions, codec, timeout)
+        print(f"[live] trained: {version['reason']}", flush=True)
+        await _wait_hot_loaded(stack, version["checkpoint"], timeout)
+        print(f"[live] hot-loaded {version['checkpoint']} into the running local worker (no restart)", flush=True)
+        after = await _ask_local(prod, responses, codec, topics, question, "after", timeout)
+        print(f"[live] distilled student answered: {after!r}", flush=True)
+    finally:
+        await prod.stop()
+        await responses.stop()
+        await versions.stop()
+
+
+async def _ask_local(prod, consumer, codec, topics, text: str, tag: str, timeout: float) -> str:
+    qid = f"live-{tag}-{int(time.time())}"
+    req = {"request_id": qid, "query_id": qid, "tenant": "demo", "model": "smollm2-135m", "text": text,
+           "strategy": "targeted", "stage": 0, "attempt": 0, "fallback_from": None, "metadata": {},
+           "ts_ms": int(time.time() * 1000)}
+    await prod.send_and_wait(topics.requests_for("local"), key=qid.encode(), value=codec.encode("inference_request", req))
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for msgs in (await consumer.getmany(timeout_ms=500)).values():
+            for m in msgs:
+                r = codec.decode("inference_response", m.value)
+                if r["request_id"] == qid:
+                    return r["answer"] if r["ok"] else f"(failed: {r['error']})"
+    raise SelfEvolveError(f"the local worker did not answer within {timeout:.0f}s")
+
+
+async def _wait_version(consumer, codec, timeout: float) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for msgs in (await consumer.getmany(timeout_ms=500)).values():
+            for m in msgs:
+                e = codec.decode("model_event", m.value)
+                if e["kind"] == "version":
+                    return e
+    raise SelfEvolveError(f"no student version within {timeout:.0f}s; see the trainer log")
+
+
+async def _wait_hot_loaded(stack: Stack, checkpoint: str, timeout: float) -> None:
+    log = stack.logs / "local-worker.log"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if log.exists() and f"hot-loaded smollm2-135m version {checkpoint}" in log.read_text(errors="replace"):
+            return
+        await asyncio.sleep(1)
+    raise SelfEvolveError(f"the local worker did not load {checkpoint} within {timeout:.0f}s")
 
 
 def summary(d: dict, settings: Settings) -> None:

@@ -27,11 +27,16 @@ def broker_for(settings: Settings) -> KafkaBroker:
                        port=int(port), controller_port=int(port) + 1)
 
 
-def services(settings: Settings, model_workers: int = 1, backends: str = "replay") -> list[Service]:
+def services(settings: Settings, model_workers: int = 1, backends: str = "replay",
+             live: bool = False) -> list[Service]:
     py = sys.executable
     out = [Service("streams", (py, "-m", "streams.app", "worker", "--loglevel", "info"))]
     out += [Service(f"model-worker-{i}", (py, "-m", "workers.model_worker", "--backends", backends,
                                           "--worker-id", str(i))) for i in range(model_workers)]
+    if live:  # distillation: a trainer, and a worker that serves (and hot-loads) the local students
+        out += [Service("trainer", (py, "-m", "workers.trainer", "--steps", str(settings.distill_steps))),
+                Service("local-worker", (py, "-m", "workers.model_worker", "--backends", "local",
+                                         "--worker-id", "local-0"))]
     return out
 
 
@@ -43,7 +48,8 @@ class Stack:
         self.pids = settings.home / "pids"
         self.logs = settings.home / "logs"
 
-    def up(self, model_workers: int = 1, backends: str = "replay", with_broker: bool = True) -> None:
+    def up(self, model_workers: int = 1, backends: str = "replay", with_broker: bool = True,
+           live: bool = False) -> None:
         self.pids.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         if with_broker:
@@ -56,7 +62,7 @@ class Stack:
         from streams.kafka_io import ensure_topics
 
         asyncio.run(ensure_topics(self.settings))
-        for svc in services(self.settings, model_workers, backends):
+        for svc in services(self.settings, model_workers, backends, live):
             self.start(svc)
 
     def start(self, svc: Service) -> int:
