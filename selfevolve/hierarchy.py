@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from selfevolve.catalogue import Catalogue, Role
 from selfevolve.errors import ValidationError
 
 ROLES: tuple[str, ...] = ("student", "ta", "teacher", "supervisor")
@@ -114,3 +116,10 @@ def event(kind: str, model: str, domain: int, old: str | None, new: str | None,
     return {"version": 1, "model": model, "kind": kind, "domain": int(domain),
             "old_role": old, "new_role": new, "checkpoint": checkpoint,
             "reason": reason, "ts_ms": int(ts_ms)}
+
+
+def domain_catalogue(base: Catalogue, h: Mapping, domain: int) -> Catalogue:
+    """What the router sees for a query of `domain`: that domain's roles and activated reserve models."""
+    roles = members(h, domain)
+    return Catalogue(replace(s, role=Role.parse(roles[s.name]), reserve=False) if s.name in roles
+                     else replace(s, reserve=True) for s in base.models)

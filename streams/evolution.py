@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from selfevolve import hierarchy as hier
+from selfevolve.hierarchy import domain_catalogue
 from selfevolve.codec import Codec
-from selfevolve.bench.evolution import domain_catalogue
 from streams.kafka_io import tail_consumer
 
 log = logging.getLogger("selfevolve.evolution")

@@ -15,6 +15,7 @@ import numpy as np
 
 from selfevolve import domains, gaps, metalearn, promotion, spawning, stats
 from selfevolve import hierarchy as hier
+from selfevolve.hierarchy import domain_catalogue
 from selfevolve.bench.quality import CITATION, _serve, catalogue_for, embed_all
 from selfevolve.catalogue import Catalogue, Role
 from selfevolve.config import Settings
@@ -22,13 +23,6 @@ from selfevolve.data.routerbench import load_dir
 from selfevolve.errors import ConfigError
 from selfevolve.history import History
 from selfevolve.routing import Router
-
-
-def domain_catalogue(base: Catalogue, h: dict, domain: int) -> Catalogue:
-    """What the router sees for a query of `domain`: that domain's roles and activated reserve models."""
-    roles = hier.members(h, domain)
-    return Catalogue(replace(s, role=Role.parse(roles[s.name]), reserve=False) if s.name in roles
-                     else replace(s, reserve=True) for s in base.models)
 
 
 @dataclass
