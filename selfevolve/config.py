@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     # Routing.
     theta_high: float = 0.80
     theta_low: float = 0.50
-    cost_lambda: float = 1.0
+    cost_lambda: float = 0.1  # cost counted as a fraction of the supervisor's price per call
     budget_per_query_usd: float | None = None
     knn_k: int = 20
     score_weights: tuple[float, float, float, float] = (0.2, 0.5, 0.15, 0.15)
