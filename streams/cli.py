@@ -139,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-feedback", action="store_true")
     rp.set_defaults(fn=_replay)
     de = sub.add_parser("demo", help="start the embedded stack, replay the shipped workload, summarize")
-    de.add_argument("--limit", type=int)
-    de.add_argument("--warmup", type=int)
+    # 150 + 150 queries: enough for the router to learn, short enough for a demo on 2 cores.
+    de.add_argument("--limit", type=int, default=150, help="test queries (of 300 shipped)")
+    de.add_argument("--warmup", type=int, default=150, help="warm-up queries (of 300 shipped)")
     de.add_argument("--no-live", action="store_true", help="skip the live distillation phase")
     de.set_defaults(fn=_demo)
     be = sub.add_parser("bench", help="benchmarks: quality, evolution, distill, throughput")

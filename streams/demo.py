@@ -41,7 +41,7 @@ def run_demo(settings: Settings, limit: int | None = None, warmup: int | None = 
     if live:
         # Only the demo's explicit live spawn trains; the buffer alone would train mid-replay.
         settings = settings.model_copy(update={"distill_buffer": 10**9,
-                                               "distill_steps": min(settings.distill_steps, 8)})
+                                               "distill_steps": min(settings.distill_steps, 6)})
     stack = Stack(settings)
     t0 = time.time()
     print(f"[demo] starting Kafka, the stream worker and a model worker (logs: {stack.logs})", flush=True)
