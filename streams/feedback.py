@@ -4,19 +4,13 @@ from __future__ import annotations
 
 
 from selfevolve import learning
-from selfevolve.errors import DecodeError, ValidationError
 
 
 def register(app, rt) -> None:
     @app.agent(rt.topic(rt.topics.feedback), name="feedback")
     async def feedback(stream):
         core = rt.routing()
-        async for event in stream.events():
-            try:
-                fb = rt.codec.decode("feedback", event.value)
-            except (DecodeError, ValidationError) as e:
-                await rt.dead_letter(event, e)
-                continue
+        async for fb in rt.records(stream, "feedback"):
             # False means "not learnable" (model not called, query not delivered): ignored by design.
             learning.apply_feedback(core["history"], learning.Feedback(fb["query_id"], fb["model"], fb["quality"]))
 

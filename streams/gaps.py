@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from selfevolve import gaps, spawning
-from selfevolve.errors import DecodeError, ValidationError
 from streams.evolution import apply_model_event
 
 
@@ -15,12 +14,7 @@ def register(app, rt) -> None:
     @app.agent(rt.topic(rt.topics.scores), name="gaps")
     async def gap_agent(stream):
         core = rt.routing()
-        async for event in stream.events():
-            try:
-                score = rt.codec.decode("score", event.value)
-            except (DecodeError, ValidationError) as e:
-                await rt.dead_letter(event, e)
-                continue
+        async for score in rt.records(stream, "score"):
             if not score["winner"]:
                 continue  # one outcome per delivered answer: the winner's
             d = str(score["domain"])

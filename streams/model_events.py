@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from selfevolve.errors import DecodeError, ValidationError
 from streams.evolution import apply_model_event
 
 
 def register(app, rt) -> None:
     @app.agent(rt.topic(rt.topics.model_events), name="model-events")
     async def model_events(stream):
-        async for event in stream.events():
-            try:
-                e = rt.codec.decode("model_event", event.value)
-                # Re-applying an event this worker made itself is harmless: roles are set, not toggled.
-                apply_model_event(rt, e)
-            except (DecodeError, ValidationError) as err:
-                await rt.dead_letter(event, err)
+        async for e in rt.records(stream, "model_event"):
+            # Re-applying an event this worker made itself is harmless: roles are set, not toggled.
+            apply_model_event(rt, e)

@@ -10,6 +10,7 @@ from typing import Any
 from selfevolve.codec import Codec
 from selfevolve.config import Settings
 from selfevolve.deadletter import dead_letter
+from selfevolve.errors import DecodeError, ValidationError
 from selfevolve.topics import Topics
 
 
@@ -71,6 +72,16 @@ class Runtime:
     async def send(self, topic: str, kind: str, record: dict, key: str | None) -> None:
         await self.app.topic(topic, key_serializer="raw", value_serializer="raw").send(
             key=key.encode() if key is not None else None, value=self.codec.encode(kind, record))
+
+    async def records(self, stream, kind: str):
+        """Decoded records of `kind` from a raw stream; undecodable events go to dead-letter instead."""
+        async for event in stream.events():
+            try:
+                record = self.codec.decode(kind, event.value)
+            except (DecodeError, ValidationError) as e:
+                await self.dead_letter(event, e)
+                continue
+            yield record
 
     async def dead_letter(self, event, error: BaseException) -> None:
         msg = event.message

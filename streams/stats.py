@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from selfevolve import promotion, stats
-from selfevolve.errors import DecodeError, ValidationError
 from streams.evolution import apply_model_event
 from streams.runtime import now_ms
 
@@ -17,12 +16,7 @@ def register(app, rt) -> None:
     @app.agent(rt.topic(rt.topics.scores), name="stats")
     async def stats_agent(stream):
         core = rt.routing()
-        async for event in stream.events():
-            try:
-                score = rt.codec.decode("score", event.value)
-            except (DecodeError, ValidationError) as e:
-                await rt.dead_letter(event, e)
-                continue
+        async for score in rt.records(stream, "score"):
             if not score["contested"]:
                 continue  # a model called alone always "wins": only head-to-head answers count
             d = str(score["domain"])
