@@ -60,7 +60,11 @@ async def print_answers(settings: Settings, *, follow: bool, tenant: str | None,
                     if ans["query_id"] in seen or (tenant and ans["tenant"] != tenant):
                         continue
                     seen.add(ans["query_id"])
-                    out(json.dumps({k: ans[k] for k in ("query_id", "tenant", "model", "strategy", "cost_usd", "answer")}))
+                    row = {k: ans[k] for k in ("query_id", "tenant", "model", "strategy", "cost_usd", "answer")}
+                    if not ans["model"]:
+                        row["error"] = (f"no model answered ({', '.join(ans['models_called'])} all failed; "
+                                        "their errors are in the inference_responses table)")
+                    out(json.dumps(row))
             if not follow and not batches and time.time() - idle_since > 1.0:
                 return len(seen)
     finally:
