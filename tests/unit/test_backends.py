@@ -285,5 +285,5 @@ def test_local_generates_and_hot_reloads(tmp_path: Path) -> None:
     changed = run(backend.complete(spec, prompt))
     assert (changed.answer, changed.confidence) != (first.answer, first.confidence)
 
-    with pytest.raises(BackendError, match="not a directory"):
+    with pytest.raises(BackendError, match="neither a model directory nor a distilled student"):
         run(backend.reload(tmp_path / "missing"))
