@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     topic_prefix: str = "selfevolve."
     topic_partitions: int = 4
     max_query_bytes: int = 32 * 1024
+    # Exact-text LRU of query embeddings (0 turns it off); ~1.6 KB per entry.
+    embed_cache_size: int = 50_000
     web_port: int = 16066
     exactly_once: bool = False
 

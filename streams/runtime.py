@@ -69,12 +69,13 @@ class Runtime:
         return self.app.topic(name, *more, key_serializer="raw", value_serializer="raw",
                               partitions=self.settings.topic_partitions)
 
-    async def send(self, topic: str, kind: str, record: dict, key: str | None, wait: bool = False) -> None:
-        """Queue a record; with wait, return only once the broker has acknowledged it."""
+    async def send(self, topic: str, kind: str, record: dict, key: str | None, wait: bool = False):
+        """Queue a record and return the future of its acknowledgement; with wait, await it too."""
         fut = await self.app.topic(topic, key_serializer="raw", value_serializer="raw").send(
             key=key.encode() if key is not None else None, value=self.codec.encode(kind, record))
         if wait:
             await fut
+        return fut
 
     async def records(self, stream, kind: str):
         """Decoded records of `kind` from a raw stream; undecodable events go to dead-letter instead."""

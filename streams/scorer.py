@@ -44,35 +44,40 @@ def register(app, rt) -> None:
             else:
                 log = {**log, "responses": log["responses"] + [record]}
             verdicts = [o for o in outputs if isinstance(o, arbiter.Verdict)]
-            # Marked done before the answer goes out, so a re-delivered event cannot answer twice. The
-            # kill-and-restart integration test checks that no query is lost this way.
+            sent = []
+            for call in (o for o in outputs if isinstance(o, arbiter.Call)):
+                backend = core["catalogue"].get(call.model).backend
+                sent.append(await rt.send(rt.topics.requests_for(backend), "inference_request",
+                                          request_record(call, state.decision, log["decision"]["metadata"],
+                                                         now_ms()), key=qid))
+            for v in verdicts:
+                sent += await _deliver(rt, core, v, log["decision"])
+            # The table (a changelog) is written only once the broker holds every output: a crash
+            # before that re-delivers this event and repeats them; never a logged step whose
+            # outputs were lost (a decision with no requests, a done query with no answer).
+            await asyncio.gather(*sent)
             table[qid] = {"decision": None, "responses": [], "done": True} if verdicts else log
             if verdicts:
                 states.pop(qid, None)
             else:
                 states[qid] = state
-            decision = state.decision
-            for call in (o for o in outputs if isinstance(o, arbiter.Call)):
-                backend = core["catalogue"].get(call.model).backend
-                await rt.send(rt.topics.requests_for(backend), "inference_request",
-                              request_record(call, decision, log["decision"]["metadata"], now_ms()), key=qid)
-            for v in verdicts:
-                await _deliver(rt, core, v, log["decision"])
 
 
-async def _deliver(rt, core, v, decision_rec) -> None:
+async def _deliver(rt, core, v, decision_rec) -> list:
+    """Send the scores and the answer; returns their acknowledgement futures."""
     ts = now_ms()
     domain = decision_rec.get("domain", -1)
-    for score in score_records(v, domain, ts):
-        # Keyed by domain: the statistics and gap tables downstream are per domain.
-        await rt.send(rt.topics.scores, "score", score, key=str(domain))
+    # Keyed by domain: the statistics and gap tables downstream are per domain.
+    sent = [await rt.send(rt.topics.scores, "score", score, key=str(domain))
+            for score in score_records(v, domain, ts)]
     latency = ts - decision_rec["ts_ms"]
     answer = answer_record(v, decision_rec["tenant"], domain, latency, ts)
-    await rt.send(rt.topics.answers, "answer", answer, key=decision_rec["tenant"])
+    sent.append(await rt.send(rt.topics.answers, "answer", answer, key=decision_rec["tenant"]))
     vec = core["vectors"].pop(v.query_id, None)
     if vec is None:  # lost with a restart: embed again rather than forget the query
         vec = core["embedder"].encode([decision_from_record(decision_rec).text])[0]
     learning.record_delivery(core["history"], vec, v, decision_rec["tenant"], ts_ms=ts)
+    return sent
 
 
 def _rebuild(log, weights) -> arbiter.State:

@@ -152,8 +152,9 @@ def test_bad_events_go_to_dead_letter_and_good_ones_are_answered(stack, stack_se
     assert _wait_count(stack_settings, "dead_letters", len(bad)) == len(bad)
 
 
-@pytest.mark.xfail(reason="known defect: after SIGKILL of the stream worker some queries are never answered "
-                          "(open in the issue note); the test stays to show when it is fixed", strict=False)
+@pytest.mark.xfail(reason="known defect under repair: after SIGKILL some queries went unanswered (Faust batching "
+                          "let offsets be committed for unrouted queries); the router now takes one event at a "
+                          "time and the scorer logs a step only after its outputs are acknowledged", strict=False)
 def test_sigkill_mid_stream_every_query_answered_exactly_once(stack, stack_settings):
     codec = Codec.from_dir()
     topics = Topics.from_settings(stack_settings)
@@ -187,6 +188,21 @@ def test_sigkill_mid_stream_every_query_answered_exactly_once(stack, stack_setti
     ids = [a["query_id"] for a in answers]
     # No query is lost. A crash between an answer's acknowledgement and the scorer's changelog write
     # may repeat that answer; readers de-duplicate by query id, so each query has exactly one answer.
-    assert set(ids) == {s.sample_id for s in samples}
+    missing = {s.sample_id for s in samples} - set(ids)
+    assert not missing, f"{len(missing)} queries unanswered; {_where_stuck(stack_settings, missing)}"
     repeats = len(ids) - len(set(ids))
     assert repeats <= 8, f"{repeats} repeated answers: only those in flight at the kill may repeat"
+
+
+def _where_stuck(settings: Settings, ids: set[str]) -> dict[str, int]:
+    """How many of `ids` reached each stage's table: shows where an unanswered query stopped."""
+    time.sleep(3 * settings.sink_flush_seconds + 2)
+    quoted = ",".join(f"'{i}'" for i in sorted(ids))
+    stages = ("queries", "route_decisions", "inference_requests", "inference_responses", "scores")
+    found = {t: int(sql(settings, f"SELECT uniqExact(query_id) FROM {t} WHERE query_id IN ({quoted})")[1][0][0])
+             for t in stages}
+    topics = Topics.from_settings(settings)
+    decided = asyncio.run(_read_all(settings, topics.route_decisions, "route_decision", 10**6, 10))
+    found["route-decisions topic"] = len({d["query_id"] for d in decided} & ids)
+    found["dead letters"] = _count(settings, "dead_letters")
+    return found
