@@ -45,10 +45,8 @@ class Embedder:
 
     def _load(self):
         with self._lock:  # two threads may ask first; load once
-            return self._load_locked()
-
-    def _load_locked(self):
-        if self._model is None:
+            if self._model is not None:
+                return self._model
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import torch
             from sentence_transformers import SentenceTransformer

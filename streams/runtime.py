@@ -69,13 +69,10 @@ class Runtime:
         return self.app.topic(name, *more, key_serializer="raw", value_serializer="raw",
                               partitions=self.settings.topic_partitions)
 
-    async def send(self, topic: str, kind: str, record: dict, key: str | None, wait: bool = False):
-        """Queue a record and return the future of its acknowledgement; with wait, await it too."""
-        fut = await self.app.topic(topic, key_serializer="raw", value_serializer="raw").send(
+    async def send(self, topic: str, kind: str, record: dict, key: str | None):
+        """Queue a record; returns the future of the broker's acknowledgement, for callers that must wait."""
+        return await self.app.topic(topic, key_serializer="raw", value_serializer="raw").send(
             key=key.encode() if key is not None else None, value=self.codec.encode(kind, record))
-        if wait:
-            await fut
-        return fut
 
     async def records(self, stream, kind: str):
         """Decoded records of `kind` from a raw stream; undecodable events go to dead-letter instead."""

@@ -15,7 +15,7 @@ class Harness:
         self.app, self.rt = create_app(settings, modules=modules)
         self.sent: list[tuple[str, str, dict, str | None]] = []
 
-        async def capture(topic, kind, record, key, wait=False):
+        async def capture(topic, kind, record, key):
             # Round-trip through Avro, as the broker would carry it.
             self.sent.append((topic, kind, self.rt.codec.decode(kind, self.rt.codec.encode(kind, record)), key))
             done = asyncio.get_running_loop().create_future()
