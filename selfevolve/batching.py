@@ -2,7 +2,7 @@
 
 Restart contract (the sink in streams/ relies on it):
 
-1. The sink feeds every decoded event to ``agg`` and does *not* commit its Kafka offset yet.
+1. The sink feeds every event to ``agg`` and does *not* commit its Kafka offset yet.
 2. When ``ready`` says so (or on shutdown), it writes ``result(state)`` to the store in one insert.
 3. Only after that insert succeeds does it commit the offsets of the flushed events and start
    again from ``initialize()``. If the insert fails, nothing is committed.

@@ -51,7 +51,12 @@ def create_app(settings: Settings, modules: tuple[str, ...] = AGENT_MODULES) -> 
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m streams.app worker` runs the stream worker with settings from the environment."""
-    app, _ = create_app(Settings())
+    app, rt = create_app(Settings())
+    # Load the routing core and the embedding model before Faust starts consuming: done lazily by the first
+    # event, it held the event loop for ~8 s right after partitions were assigned, and in the SIGKILL test
+    # every such restart with a backlog skipped ~10 queries per partition (fetched, never delivered, then
+    # committed past by Faust's gap handling).
+    rt.routing()["embedder"].encode(["warm-up"])
     sys.argv = [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
     app.main()
 

@@ -25,7 +25,7 @@ def register(app, rt) -> None:
                                       outcome, rt.settings)
             windows[d] = state
             for g in opened:
-                await rt.send(rt.topics.gaps, "gap", g, key=d)
+                await rt.publish(rt.topics.gaps, "gap", g, key=d)
                 roster = {"hierarchy": core["hierarchy"], "stats": {},
                           # Cheapest first: a spawned student is meant to be cheap.
                           "reserve": [s.name for s in sorted(core["catalogue"].reserve(),
@@ -35,7 +35,7 @@ def register(app, rt) -> None:
                                              rt.settings, mode)
                 spawner[d] = sp
                 for c in commands:
-                    await rt.send(rt.topics.spawns, "spawn", c, key=d)
+                    await rt.publish(rt.topics.spawns, "spawn", c, key=d)
                     for e in spawning.execute(c, roster):
                         apply_model_event(rt, e)
-                        await rt.send(rt.topics.model_events, "model_event", e, key=e["model"])
+                        await rt.publish(rt.topics.model_events, "model_event", e, key=e["model"])

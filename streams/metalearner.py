@@ -31,4 +31,4 @@ def register(app, rt) -> None:
                                cost_scale=max(sups, default=0.0) or None)
         if (event["theta_high"], event["theta_low"]) != (router.theta_high, router.theta_low):
             apply_strategy(rt, event)
-            await rt.send(rt.topics.strategy, "strategy", event, key="global")
+            await rt.publish(rt.topics.strategy, "strategy", event, key="global")

@@ -36,4 +36,4 @@ def register(app, rt) -> None:
             ms = (time.perf_counter() - t0) * 1000
             core["vectors"][q["query_id"]] = vec
             record = decision_record(decision, q["metadata"], ms, now_ms(), domain)
-            await rt.send(rt.topics.route_decisions, "route_decision", record, key=q["query_id"])
+            await rt.publish(rt.topics.route_decisions, "route_decision", record, key=q["query_id"])

@@ -26,7 +26,7 @@ def register(app, rt) -> None:
                                        gated=rt.settings.promote_gated, ts_ms=now_ms())
             for e in decided:
                 apply_model_event(rt, e)  # at once, so the next score does not decide it again
-                await rt.send(rt.topics.model_events, "model_event", e, key=e["model"])
+                await rt.publish(rt.topics.model_events, "model_event", e, key=e["model"])
 
     @app.page("/stats")
     async def stats_page(web, request):

@@ -17,7 +17,7 @@ import torch
 
 from selfevolve.config import Settings
 from selfevolve.distill.config import DistillConfig
-from selfevolve.distill.data import LETTERS, Example, arc_examples, gsm8k_examples, last_number
+from selfevolve.distill.data import LETTERS, Example, arc_examples, arc_options, gsm8k_examples, last_number
 from selfevolve.distill.model import Student
 from selfevolve.distill.train import build_student, describe, train
 from selfevolve.lm import chat_ids
@@ -40,13 +40,13 @@ def _right_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Ten
 
 
 @torch.no_grad()
-def eval_arc(student: Student, examples: list[Example], batch: int = 8) -> tuple[list[bool], list[float]]:
+def eval_arc(student: Student, examples: list[Example], batch: int = 8) -> tuple[list[bool], list[float], dict]:
     """Answer letter = argmax of the four letters' logits at the first answer position (the student is not
     asked to generate, which a 135M model does unreliably); confidence = the metric head on the same pass (the
     prompt without the one-token letter, which saves a second forward)."""
     tok = student.tokenizer
     letter_ids = [tok(x, add_special_tokens=False)["input_ids"][0] for x in LETTERS]
-    correct, conf = [], []
+    correct, conf, picked = [], [], []
     for chunk in _batches(examples, batch):
         prompts = [chat_ids(tok, ex.prompt) for ex in chunk]
         ids, att = _right_pad(prompts, tok.pad_token_id)
@@ -57,15 +57,61 @@ def eval_arc(student: Student, examples: list[Example], batch: int = 8) -> tuple
         picks = logits[torch.arange(len(chunk)), col][:, letter_ids].argmax(-1).tolist()
         correct += [LETTERS[k] == ex.gold for k, ex in zip(picks, chunk)]
         conf += metrics[:, CORRECTNESS].tolist()
-    return correct, conf
+        picked += [LETTERS[k] for k in picks]
+    # How often each letter is picked: a student at chance shows as one letter taking most picks.
+    return correct, conf, {"picked": {x: picked.count(x) for x in LETTERS}}
+
+
+@torch.no_grad()
+def eval_arc_options(student: Student, examples: list[Example], questions_per_batch: int = 1
+                     ) -> tuple[list[bool], list[float], dict]:
+    """Answer letter = the option whose text the student finds most likely after its letter ("B) whale": mean
+    log-probability of "whale"), the usual way to read a small LM's multiple-choice answer. The letter's own
+    token is left out of the score: an untrained 135M model puts nearly all its mass on "A" whatever the
+    question. Also reports the bare-letter pick from the same pass. Confidence: the metric head over the
+    prompt and the chosen option. One question per batch keeps the logits to the options' few positions."""
+    tok = student.tokenizer
+    letter_ids = [tok(x, add_special_tokens=False)["input_ids"][0] for x in LETTERS]
+    correct, conf, picked, letter_ok = [], [], [], []
+    for chunk in _batches(examples, questions_per_batch):
+        seqs, spans, owner = [], [], []
+        for qi, ex in enumerate(chunk):
+            prompt = chat_ids(tok, ex.prompt)
+            for letter, text in arc_options(ex.prompt).items():
+                head = tok(f"{letter})", add_special_tokens=False)["input_ids"]
+                body = tok(f" {text}", add_special_tokens=False)["input_ids"]
+                seqs.append(prompt + head + body)
+                spans.append((len(prompt), len(prompt) + len(head), len(prompt) + len(head) + len(body), letter))
+                owner.append(qi)
+        ids, att = _right_pad(seqs, tok.pad_token_id)
+        lo, hi = min(a for a, _, _, _ in spans) - 1, max(c for _, _, c, _ in spans) - 1
+        keep = torch.arange(lo, hi)
+        logits, metrics = student(ids, att, keep)
+        logp = torch.log_softmax(logits.float(), -1)
+        scores = []
+        for row, (_, b, c, _) in enumerate(spans):
+            pos = torch.arange(b - 1, c - 1) - lo  # position i predicts token i + 1
+            scores.append(logp[row, pos, ids[row, b:c]].mean().item())
+        for qi, ex in enumerate(chunk):
+            rows = [r for r, o in enumerate(owner) if o == qi]
+            best = max(rows, key=lambda r: scores[r])
+            choice = spans[best][3]
+            correct.append(choice == ex.gold)
+            conf.append(metrics[best, CORRECTNESS].item())
+            picked.append(choice)
+            first = rows[0]  # every option row shares the prompt: its last position holds the letter logits
+            letter = LETTERS[int(logp[first, spans[first][0] - 1 - lo, letter_ids].argmax())]
+            letter_ok.append(letter == ex.gold)
+    return correct, conf, {"picked": {x: picked.count(x) for x in LETTERS},
+                           "bare_letter_accuracy": float(np.mean(letter_ok)) if letter_ok else 0.0}
 
 
 @torch.no_grad()
 def eval_gsm8k(student: Student, examples: list[Example], batch: int = 8, max_new_tokens: int = 192
-               ) -> tuple[list[bool], list[float]]:
+               ) -> tuple[list[bool], list[float], dict]:
     """Greedy step-by-step answers scored by their last number against gold; confidence from the metric head."""
     tok = student.tokenizer
-    correct, conf = [], []
+    correct, conf, no_number = [], [], 0
     for chunk in _batches(examples, batch):
         prompts = [chat_ids(tok, ex.prompt) for ex in chunk]
         T = max(map(len, prompts))
@@ -81,7 +127,8 @@ def eval_gsm8k(student: Student, examples: list[Example], batch: int = 8, max_ne
         texts = [tok.decode(a, skip_special_tokens=True) for a in answers]
         correct += [ex.gold is not None and last_number(t) == ex.gold for t, ex in zip(texts, chunk)]
         conf += metrics[:, CORRECTNESS].tolist()
-    return correct, conf
+        no_number += sum(last_number(t) is None for t in texts)
+    return correct, conf, {"answers_without_a_number": no_number}
 
 
 def ece(correct: list[bool], conf: list[float], bins: int = 10) -> float:
@@ -118,7 +165,7 @@ def run_task(name: str, train_ex: list[Example], test_ex: list[Example], cfg: Di
             hist = train(rcfg, student, train_ex)
             print(f"{name} {rname}: {describe(hist)}", flush=True)
         t0 = time.perf_counter()
-        ok, conf = evaluate(student, test_ex)
+        ok, conf, extra = evaluate(student, test_ex)
         correct[rname] = ok
         res["rounds"][rname] = {
             "accuracy": bootstrap(ok),
@@ -128,6 +175,7 @@ def run_task(name: str, train_ex: list[Example], test_ex: list[Example], cfg: Di
             "eval_wall_s": time.perf_counter() - t0,
             "loss_first_last": [hist["loss"][0], hist["loss"][-1]] if hist else None,
             "loss_history": hist["loss"] if hist else None,
+            **extra,
         }
         print(f"{name} {rname}: accuracy {np.mean(ok):.3f}, ECE {res['rounds'][rname]['ece']:.3f}", flush=True)
         del student
@@ -147,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--tasks", default="arc,gsm8k")
+    p.add_argument("--arc-target", choices=("option", "letter"), default="option",
+                   help="ARC: train on the teacher's letter written out as its option and read the student's "
+                        "answer as its most likely option (option), or train and read bare letters (letter)")
     p.add_argument("--max-new-tokens", type=int, default=192)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("bench/results/distill.json"))
@@ -155,35 +206,48 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     base = DistillConfig(batch_size=args.batch_size, lr=args.lr, log_every=5)
     base = replace(base, steps=args.steps) if args.steps else replace(base, epochs=1.0)
-    out: dict = {"config": base.to_dict(), "args": {k: str(v) for k, v in vars(args).items()},
-                 "threads": torch.get_num_threads(), "tasks": {},
+    # Tasks run separately (each is long on 2 cores) share one results file: keep the others' results.
+    previous = json.loads(args.out.read_text()).get("tasks", {}) if args.out.exists() else {}
+    out: dict = {"tasks": previous,
                  "data": "ARC-Challenge: RouterBench (Hu et al., 2024); GSM8K: RouteLLM (lm-sys)"}
+    run_info = {"config": base.to_dict(), "args": {k: str(v) for k, v in vars(args).items()},
+                "threads": torch.get_num_threads()}
     t0 = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(task: str):
         def on_round(partial: dict) -> None:
-            out["tasks"][task] = partial
+            out["tasks"][task] = {**partial, "run": run_info}
             args.out.write_text(json.dumps(out, indent=1))
         return on_round
 
     for task in args.tasks.split(","):
         if task == "arc":
-            tr = arc_examples(settings.data_dir, "train", args.train_limit)
+            tr = arc_examples(settings.data_dir, "train", args.train_limit, spell_out=args.arc_target == "option")
             te = [e for e in arc_examples(settings.data_dir, "test", args.test_limit) if e.gold]
-            out["tasks"]["arc"] = run_task("arc", tr, te, base, settings, eval_arc, save("arc"))
+            # Reference points from the gold letters (reporting only): chance, and always one letter.
+            golds = [e.gold for e in te]
+            reference = {"chance": 1 / len(LETTERS),
+                         "always_one_letter": {x: golds.count(x) / len(golds) for x in LETTERS}}
+            name = "arc" if args.arc_target == "option" else "arc_letter"
+            evaluate = eval_arc_options if args.arc_target == "option" else eval_arc
+            out["tasks"][name] = {**run_task(name, tr, te, base, settings, evaluate, save(name)),
+                                  "reference": reference, "run": run_info}
         elif task == "gsm8k":
             tr = gsm8k_examples(settings.data_dir, "train", args.train_limit)
             te = gsm8k_examples(settings.data_dir, "test", args.test_limit)
             out["tasks"]["gsm8k"] = run_task(
                 "gsm8k", tr, te, base, settings,
                 lambda s, ex: eval_gsm8k(s, ex, max_new_tokens=args.max_new_tokens), save("gsm8k"))
+            out["tasks"]["gsm8k"]["run"] = run_info
         else:
             p.error(f"unknown task {task}")
         args.out.write_text(json.dumps(out, indent=1))
-    out["wall_s"] = time.perf_counter() - t0
+    run_info["wall_s"] = time.perf_counter() - t0
     args.out.write_text(json.dumps(out, indent=1))
     for name, r in out["tasks"].items():
+        if "multi_minus_before" not in r:
+            continue  # a task cut short earlier
         acc = {k: v["accuracy"]["mean"] for k, v in r["rounds"].items()}
         d = r["multi_minus_before"]
         print(f"{name}: before {acc['before']:.3f}, response-only {acc['response_only']:.3f}, multi-aspect "

@@ -67,14 +67,27 @@ def evolution(e: dict) -> list[str]:
 
 
 def distill(d: dict) -> list[str]:
-    a = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in d["args"].items() if k != "out")
-    out = ["### Distillation (`bench/results/distill.json`)", "", f"`python -m selfevolve.bench.distill {a}`:"]
+    out = ["### Distillation (`bench/results/distill.json`)"]
     for task, t in d["tasks"].items():
-        out += ["", f"{task}: {t['n_train']} training and {t['n_test']} test questions.", "",
+        run = t.get("run", d)  # older files kept one run's arguments at the top
+        a = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in run["args"].items() if k != "out")
+        out += ["", f"{task}: {t['n_train']} training and {t['n_test']} test questions "
+                f"(`python -m selfevolve.bench.distill {a}`).", "",
                 "| student | accuracy [95% bootstrap] | ECE | train s | eval s |", "|---|---|---|---|---|"]
         out += [f"| {k.replace('_', ' ')} | {r['accuracy']['mean']:.3f} [{r['accuracy']['lo']:.3f}, "
                 f"{r['accuracy']['hi']:.3f}] | {r['ece']:.3f} | {r['train_wall_s']:.0f} | {r['eval_wall_s']:.0f} |"
                 for k, r in t["rounds"].items()]
+        picks = {k: r["picked"] for k, r in t["rounds"].items() if "picked" in r}
+        if picks:
+            out += ["", "Letters picked: " + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in picks.items()) + "."]
+        if "reference" in t:
+            ref = t["reference"]
+            out += ["", f"Reference: chance {ref['chance']:.3f}; always one letter " + ", ".join(
+                f"{x} {v:.3f}" for x, v in ref["always_one_letter"].items()) + "."]
+        diffs = [(k, t[k]) for k in ("multi_minus_before", "multi_minus_response", "response_minus_before") if k in t]
+        if diffs:
+            out += [""] + ["; ".join(f"{k.replace('_', ' ')} {v['mean']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]"
+                                     for k, v in diffs) + " (paired bootstrap)."]
     return out
 
 

@@ -27,6 +27,7 @@ GSM8K_TRAIN = 800  # the RouteLLM responses cover GSM8K test only: first 800 tra
 LETTERS = ("A", "B", "C", "D")
 _LETTER = re.compile(r"\b([ABCD])\b")
 _NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
+_OPTION = re.compile(r"^([ABCD])\) (.+)$", re.M)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,17 @@ def split_steps(answer: str) -> tuple[tuple[str, ...], str]:
     return tuple(lines[:-1]), lines[-1]
 
 
+def arc_options(prompt: str) -> dict[str, str]:
+    """The answer options of an ARC question, by letter ("A) text" lines)."""
+    return {m.group(1): m.group(2).strip() for m in _OPTION.finditer(prompt)}
+
+
+def spelled_out(letter: str, options: dict[str, str]) -> str:
+    """A chosen letter written out as its option, "B) whale": the same answer with the content a small
+    student must tie to the letter (a bare letter teaches it only the letters' frequencies)."""
+    return f"{letter}) {options[letter]}" if letter in options else letter
+
+
 def strip_arc_prompt(prompt: str) -> str:
     """The actual question of a RouterBench ARC prompt. The prompt carries ~5 solved few-shot questions first;
     they quintuple the tokens a 135M student must read on 2 CPU cores and the chat-tuned model answers the
@@ -89,8 +101,9 @@ def _literal(cell: str) -> str:
     return str(v[0]) if isinstance(v, list) and v else str(v)
 
 
-def arc_examples(data_dir: Path, split: str, limit: int | None = None) -> list[Example]:
+def arc_examples(data_dir: Path, split: str, limit: int | None = None, spell_out: bool = False) -> list[Example]:
     """ARC-Challenge with GPT-4 as teacher; metric targets: the scorer's vote over all 11 RouterBench answers.
+    spell_out: the target is the teacher's letter written out as its option (see spelled_out).
     Gold (evaluation only): the letter of a model that RouterBench scored right."""
     rows = _read_csv(Path(data_dir) / "routerbench-0shot" / f"arc_challenge_{split}.csv")
     models = [k for k in rows[0] if k and f"{k}|model_response" in rows[0]]
@@ -109,7 +122,8 @@ def arc_examples(data_dir: Path, split: str, limit: int | None = None) -> list[E
                 if gold:
                     break
         metrics = (s.relevance, s.correctness, s.completeness, s.clarity)
-        out.append(Example(prompt, letter or answer, (), metrics, "arc", gold))
+        target = spelled_out(letter, arc_options(prompt)) if spell_out and letter else letter or answer
+        out.append(Example(prompt, target, (), metrics, "arc", gold))
     return out
 
 

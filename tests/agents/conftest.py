@@ -14,15 +14,26 @@ class Harness:
     def __init__(self, settings: Settings, modules: tuple[str, ...]):
         self.app, self.rt = create_app(settings, modules=modules)
         self.sent: list[tuple[str, str, dict, str | None]] = []
+        self.hold_acks = False  # True: sends stay unacknowledged until release_acks(), like a slow broker
+        self.pending: list[asyncio.Future] = []
 
         async def capture(topic, kind, record, key):
             # Round-trip through Avro, as the broker would carry it.
             self.sent.append((topic, kind, self.rt.codec.decode(kind, self.rt.codec.encode(kind, record)), key))
             done = asyncio.get_running_loop().create_future()
-            done.set_result(None)  # acknowledged at once, as a broker would be
+            if self.hold_acks:
+                self.pending.append(done)
+            else:
+                done.set_result(None)  # acknowledged at once, as a broker would be
             return done
 
         self.rt.send = capture
+
+    def release_acks(self) -> None:
+        for f in self.pending:
+            if not f.done():
+                f.set_result(None)
+        self.pending.clear()
 
     def agent(self, name: str):
         return self.app.agents[name]

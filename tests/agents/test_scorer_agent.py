@@ -85,3 +85,34 @@ def test_failed_backend_falls_back_to_the_next_tier(harness):
     asyncio.run(run())
     (a,) = h.of_kind("answer")
     assert a["fallbacks"], "the answer must record the fallback"
+
+
+def test_changelog_is_written_only_after_the_broker_acknowledges_the_answer(harness):
+    """A crash before the acknowledgement must re-deliver the step, so the table may not say done yet."""
+    h = harness("streams.scorer")
+    codec = h.rt.codec
+    table = h.app.tables["arbiter"]
+    text = "Which is a mammal?\nA) shark\nB) whale\nC) trout\nD) eel\nAnswer:"
+
+    async def run():
+        async with h.agent("scorer").test_context() as agent:
+            d, rec = _decision(h, "q-ack", text)
+            await agent.put(codec.encode("route_decision", rec))
+            reqs = await h.wait_for("inference_request", len(d.models))
+            h.hold_acks = True
+            for r in reqs:
+                await agent.put(codec.encode("inference_response", _response(r, "B")))
+            await h.wait_for("answer", 1)
+            await asyncio.sleep(0.3)
+            before = table.data.get("q-ack")
+            h.release_acks()
+            for _ in range(100):
+                if (table.data.get("q-ack") or {}).get("done"):
+                    break
+                await asyncio.sleep(0.05)
+            return before, table.data.get("q-ack")
+
+    before, after = asyncio.run(run())
+    assert h.of_kind("answer"), "the answer was sent"
+    assert not (before or {}).get("done"), "the query was marked done before its answer was acknowledged"
+    assert after["done"]

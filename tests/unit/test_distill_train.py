@@ -10,10 +10,12 @@ from selfevolve.distill.config import DistillConfig
 from selfevolve.distill.data import (
     Example,
     arc_examples,
+    arc_options,
     collate,
     encode,
     gsm8k_examples,
     last_number,
+    spelled_out,
     split_steps,
     strip_arc_prompt,
 )
@@ -159,3 +161,20 @@ def test_bench_bootstrap_intervals():
     assert mixed["lo"] < 0.5 < mixed["hi"] and mixed["hi"] - mixed["lo"] < 0.3
     better = bootstrap([True] * 80 + [False] * 20, [False] * 60 + [True] * 40)
     assert better["lo"] > 0.0  # a clear paired gain has an interval above zero
+
+
+@pytest.mark.parametrize("prompt, letter, want", [
+    ("Which is a metal?\nA) wood\nB) iron\nC) glass\nD) paper\nPrint only a single choice", "B", "B) iron"),
+    ("Pick one\nA) x y\nB) z\nC) w", "C", "C) w"),
+    ("Pick one\nA) x\nB) z", "D", "D"),  # no such option: the bare letter stays
+])
+def test_spelled_out_writes_the_chosen_option(prompt, letter, want):
+    assert spelled_out(letter, arc_options(prompt)) == want
+
+
+def test_arc_option_targets_keep_the_teachers_choice(settings):
+    bare = arc_examples(settings.data_dir, "train", 50)
+    spelled = arc_examples(settings.data_dir, "train", 50, spell_out=True)
+    for b, s in zip(bare, spelled):
+        assert s.prompt == b.prompt and s.gold == b.gold and s.metrics == b.metrics
+        assert s.response.split(")")[0] == b.response  # same letter, now with its option's text
