@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,17 @@ def wait_ready(settings: Settings, timeout: float = 180.0) -> None:
     raise SelfEvolveError(f"stream worker not ready after {timeout:.0f}s; see {settings.home / 'logs'}")
 
 
+def demo_home(settings: Settings) -> Path:
+    return settings.home / "demo"
+
+
 def run_demo(settings: Settings, limit: int | None = None, warmup: int | None = None, live: bool = True) -> int:
+    # Every demo starts from an empty history of its own: a second run then shows the same evolution in the
+    # same time (with the first run's history its live student would already be serving, on the CPU).
+    home = demo_home(settings)
+    settings = settings.model_copy(update={"home": home})
+    Stack(settings).down()  # leftovers of an interrupted demo must not hold files about to be removed
+    shutil.rmtree(home, ignore_errors=True)
     if live:
         # Only the demo's explicit live spawn trains; the buffer alone would train mid-replay.
         settings = settings.model_copy(update={"distill_buffer": 10**9,
@@ -53,7 +64,7 @@ def run_demo(settings: Settings, limit: int | None = None, warmup: int | None = 
 
         def progress(r, total):
             d = r.as_dict()
-            print(f"[demo] {d['answers']:4d}/{total} answered  acc={d['accuracy']:.3f}  "
+            print(f"[demo] {time.time() - t0:4.0f}s {d['answers']:4d}/{total} answered  acc={d['accuracy']:.3f}  "
                   f"cost={d['cost_usd']:.4f}$ vs supervisor {d['supervisor_cost_usd']:.4f}$  "
                   f"mix={d['strategies']}", flush=True)
 
@@ -61,10 +72,13 @@ def run_demo(settings: Settings, limit: int | None = None, warmup: int | None = 
         time.sleep(settings.sink_flush_seconds + 1.0)  # let the sink flush the last batch
         summary(report.as_dict(), settings)
         if live:
+            print(f"[demo] replay done at {time.time() - t0:.0f}s; live distillation next", flush=True)
             asyncio.run(live_distillation(settings, stack))
     finally:
         stack.down()
-    print(f"[demo] done in {time.time() - t0:.0f}s", flush=True)
+    print(f"[demo] done in {time.time() - t0:.0f}s; this run's history stays in {home} until the next demo:\n"
+          f"       SELFEVOLVE_HOME={home} selfevolve sql \"SELECT strategy, count() FROM answers FINAL GROUP BY strategy\"",
+          flush=True)
     return 0
 
 

@@ -63,45 +63,39 @@ def eval_arc(student: Student, examples: list[Example], batch: int = 8) -> tuple
 
 
 @torch.no_grad()
-def eval_arc_options(student: Student, examples: list[Example], questions_per_batch: int = 1
-                     ) -> tuple[list[bool], list[float], dict]:
+def eval_arc_options(student: Student, examples: list[Example]) -> tuple[list[bool], list[float], dict]:
     """Answer letter = the option whose text the student finds most likely after its letter ("B) whale": mean
     log-probability of "whale"), the usual way to read a small LM's multiple-choice answer. The letter's own
     token is left out of the score: an untrained 135M model puts nearly all its mass on "A" whatever the
-    question. Also reports the bare-letter pick from the same pass. Confidence: the metric head over the
-    prompt and the chosen option. One question per batch keeps the logits to the options' few positions."""
+    question. The prompt runs once and its key/value cache, repeated per option, serves the short options in one
+    batch. Also reports the bare-letter pick (the prompt's last logits) and, as
+    confidence, the metric head over the prompt, as eval_arc does."""
     tok = student.tokenizer
     letter_ids = [tok(x, add_special_tokens=False)["input_ids"][0] for x in LETTERS]
     correct, conf, picked, letter_ok = [], [], [], []
-    for chunk in _batches(examples, questions_per_batch):
-        seqs, spans, owner = [], [], []
-        for qi, ex in enumerate(chunk):
-            prompt = chat_ids(tok, ex.prompt)
-            for letter, text in arc_options(ex.prompt).items():
-                head = tok(f"{letter})", add_special_tokens=False)["input_ids"]
-                body = tok(f" {text}", add_special_tokens=False)["input_ids"]
-                seqs.append(prompt + head + body)
-                spans.append((len(prompt), len(prompt) + len(head), len(prompt) + len(head) + len(body), letter))
-                owner.append(qi)
-        ids, att = _right_pad(seqs, tok.pad_token_id)
-        lo, hi = min(a for a, _, _, _ in spans) - 1, max(c for _, _, c, _ in spans) - 1
-        keep = torch.arange(lo, hi)
-        logits, metrics = student(ids, att, keep)
-        logp = torch.log_softmax(logits.float(), -1)
-        scores = []
-        for row, (_, b, c, _) in enumerate(spans):
-            pos = torch.arange(b - 1, c - 1) - lo  # position i predicts token i + 1
-            scores.append(logp[row, pos, ids[row, b:c]].mean().item())
-        for qi, ex in enumerate(chunk):
-            rows = [r for r, o in enumerate(owner) if o == qi]
-            best = max(rows, key=lambda r: scores[r])
-            choice = spans[best][3]
-            correct.append(choice == ex.gold)
-            conf.append(metrics[best, CORRECTNESS].item())
-            picked.append(choice)
-            first = rows[0]  # every option row shares the prompt: its last position holds the letter logits
-            letter = LETTERS[int(logp[first, spans[first][0] - 1 - lo, letter_ids].argmax())]
-            letter_ok.append(letter == ex.gold)
+    for ex in examples:
+        prompt = torch.tensor([chat_ids(tok, ex.prompt)])
+        n = prompt.shape[1]
+        out = student.lm(input_ids=prompt, attention_mask=torch.ones_like(prompt), use_cache=True,
+                         output_hidden_states=True, logits_to_keep=1)
+        cache = out.past_key_values
+        conf.append(student.metric_head(out.hidden_states[-1].mean(1))[0, CORRECTNESS].item())
+        letter_ok.append(LETTERS[int(out.logits[0, -1, letter_ids].argmax())] == ex.gold)
+        options = arc_options(ex.prompt)
+        heads = [tok(f"{x})", add_special_tokens=False)["input_ids"] for x in options]
+        bodies = [tok(f" {t}", add_special_tokens=False)["input_ids"] for t in options.values()]
+        cont, cont_att = _right_pad([h + b for h, b in zip(heads, bodies)], tok.pad_token_id)
+        cache.batch_repeat_interleave(len(options))  # one prompt cache row per option
+        att = torch.cat([torch.ones((len(options), n), dtype=torch.long), cont_att], 1)
+        o = student.lm(input_ids=cont, attention_mask=att, past_key_values=cache, use_cache=True)
+        logp = torch.log_softmax(o.logits.float(), -1)
+        scores = {}
+        for row, (x, h, b) in enumerate(zip(options, heads, bodies)):
+            pos = torch.arange(len(h) - 1, len(h) + len(b) - 1)  # position i predicts token i + 1
+            scores[x] = logp[row, pos, torch.tensor(b)].mean().item()
+        choice = max(scores, key=scores.get)
+        correct.append(choice == ex.gold)
+        picked.append(choice)
     return correct, conf, {"picked": {x: picked.count(x) for x in LETTERS},
                            "bare_letter_accuracy": float(np.mean(letter_ok)) if letter_ok else 0.0}
 

@@ -178,3 +178,33 @@ def test_arc_option_targets_keep_the_teachers_choice(settings):
     for b, s in zip(bare, spelled):
         assert s.prompt == b.prompt and s.gold == b.gold and s.metrics == b.metrics
         assert s.response.split(")")[0] == b.response  # same letter, now with its option's text
+
+
+def test_option_scoring_with_the_shared_prompt_cache_matches_full_passes(tiny_base, settings):
+    """eval_arc_options reuses the prompt's key/value cache for every option: it must pick what scoring each
+    whole sequence from scratch picks."""
+    from selfevolve.bench.distill import eval_arc_options
+    from selfevolve.lm import chat_ids
+
+    torch.set_num_threads(1)
+    student = build_student(DistillConfig(base_model=str(tiny_base), domain="arc"), settings)
+    tok = student.tokenizer
+    examples = [
+        Example("Which is a metal?\nA) wood\nB) iron ore from a mine\nC) glass\nD) paper", "B", (), (1,) * 4, "arc", "B"),
+        Example("Which is wet?\nA) water\nB) sand\nC) a dry old stone wall", "A", (), (1,) * 4, "arc", "C"),
+    ]
+    _, _, extra = eval_arc_options(student, examples)
+    want = []
+    for ex in examples:
+        prompt = chat_ids(tok, ex.prompt)
+        scores = {}
+        for letter, text in arc_options(ex.prompt).items():
+            head = tok(f"{letter})", add_special_tokens=False)["input_ids"]
+            body = tok(f" {text}", add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt + head + body])
+            with torch.no_grad():
+                logp = torch.log_softmax(student.lm(input_ids=ids).logits[0].float(), -1)
+            start = len(prompt) + len(head)
+            scores[letter] = sum(logp[start + k - 1, t].item() for k, t in enumerate(body)) / len(body)
+        want.append(max(scores, key=scores.get))
+    assert extra["picked"] == {x: want.count(x) for x in "ABCD"}
