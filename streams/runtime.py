@@ -77,7 +77,7 @@ class Runtime:
     async def publish(self, topic: str, kind: str, record: dict, key: str | None) -> None:
         """Send and wait for the broker's acknowledgement. Faust acks the input event when the agent moves
         on, and commits acked offsets on a timer: an output still in the producer's buffer at a crash
-        would be lost with its input counted as done (the kill test lost routed queries that way)."""
+        would be lost with its input counted as done."""
         await (await self.send(topic, kind, record, key))
 
     async def records(self, stream, kind: str):
