@@ -1,8 +1,16 @@
-"""Router agent: decode and validate each query, embed it, call Router.route(), publish the decision."""
+"""Router: decode and validate each query, embed it, call Router.route(), publish the decision.
+
+The router reads `queries` with its own aiokafka consumer and commits an offset only after that query's
+decision (or dead letter) is acknowledged. It was a Faust agent, but after a SIGKILL and a restart with a
+backlog Faust's consumer sometimes skipped about one fetch of queries per partition and committed past
+them (tests/integration/test_pipeline.py); the router keeps no Faust table, so it does not need Faust's
+consumer. One query at a time: the embedder's exact-text cache carries repeats.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from selfevolve import domains
@@ -13,27 +21,70 @@ from selfevolve.wire import decision_record
 from streams.evolution import catalogue_for
 from streams.runtime import now_ms
 
+log = logging.getLogger("selfevolve.router")
+
+
+async def route_one(rt, core, msg) -> None:
+    """Route one raw query message (anything with topic, partition, offset, key, value)."""
+    try:
+        q = validate_query(rt.codec.decode("query", msg.value), rt.settings.max_query_bytes)
+    except (DecodeError, ValidationError) as e:
+        await rt.dead_letter_message(msg, e)
+        return
+    vec = (await asyncio.to_thread(core["embedder"].encode, [q["text"]]))[0]
+    t0 = time.perf_counter()
+    core["domains"], domain = domains.assign(core["domains"], vec, q["text"])
+    # The domain's own roles and activated students: evolution reaches routing at once.
+    router = core["router"].with_catalogue(catalogue_for(rt, domain))
+    decision = router.route(RouteQuery(q["query_id"], q["text"], q["tenant"], vec))
+    ms = (time.perf_counter() - t0) * 1000
+    core["vectors"][q["query_id"]] = vec
+    record = decision_record(decision, q["metadata"], ms, now_ms(), domain)
+    await rt.publish(rt.topics.route_decisions, "route_decision", record, key=q["query_id"])
+
+
+async def run_router(rt, stop: asyncio.Event | None = None) -> None:
+    """Consume `queries` until cancelled (or `stop` is set), committing after each acknowledged decision."""
+    from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+
+    from streams.kafka_io import ensure_topics
+
+    s = rt.settings
+    await ensure_topics(s, [rt.topics.queries])
+    core = await asyncio.to_thread(rt.routing)  # off the loop: loading the embedder takes seconds
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=s.kafka_bootstrap, group_id=f"{s.topic_prefix}router".replace(".", "-"),
+        enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
+        max_poll_records=100)
+    routed: dict = {}  # partition -> next offset; every query before it has an acknowledged decision
+
+    async def commit() -> None:
+        if routed:
+            await consumer.commit(dict(routed))
+            routed.clear()
+
+    class CommitOnRevoke(ConsumerRebalanceListener):
+        async def on_partitions_revoked(self, revoked):
+            await commit()
+
+        async def on_partitions_assigned(self, assigned):
+            pass
+
+    consumer.subscribe([rt.topics.queries], listener=CommitOnRevoke())
+    await consumer.start()
+    try:
+        while stop is None or not stop.is_set():
+            got = await consumer.getmany(timeout_ms=500)
+            for tp, messages in got.items():
+                for msg in messages:
+                    await route_one(rt, core, msg)
+                    routed[tp] = msg.offset + 1
+            await commit()
+    finally:
+        await consumer.stop()
+
 
 def register(app, rt) -> None:
-    @app.agent(rt.topic(rt.topics.queries), name="router")
-    async def router(stream):
-        core = rt.routing()
-        # One event at a time: Faust's batching helpers (take_events, or manual acks over a batch) were
-        # seen to let offsets be committed for queries never routed after a restart with a backlog.
-        # The embedder's exact-text cache carries repeats; distinct texts pay one model call each.
-        async for event in stream.events():
-            try:
-                q = validate_query(rt.codec.decode("query", event.value), rt.settings.max_query_bytes)
-            except (DecodeError, ValidationError) as e:
-                await rt.dead_letter(event, e)
-                continue
-            vec = (await asyncio.to_thread(core["embedder"].encode, [q["text"]]))[0]
-            t0 = time.perf_counter()
-            core["domains"], domain = domains.assign(core["domains"], vec, q["text"])
-            # The domain's own roles and activated students: evolution reaches routing at once.
-            router = core["router"].with_catalogue(catalogue_for(rt, domain))
-            decision = router.route(RouteQuery(q["query_id"], q["text"], q["tenant"], vec))
-            ms = (time.perf_counter() - t0) * 1000
-            core["vectors"][q["query_id"]] = vec
-            record = decision_record(decision, q["metadata"], ms, now_ms(), domain)
-            await rt.publish(rt.topics.route_decisions, "route_decision", record, key=q["query_id"])
+    @app.task
+    async def router():
+        await run_router(rt)

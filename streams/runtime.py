@@ -91,7 +91,10 @@ class Runtime:
             yield record
 
     async def dead_letter(self, event, error: BaseException) -> None:
-        msg = event.message
+        await self.dead_letter_message(event.message, error)
+
+    async def dead_letter_message(self, msg, error: BaseException) -> None:
+        """Dead-letter a raw message (a Faust message or an aiokafka record) with the reason."""
         record = dead_letter(msg.topic, msg.partition, msg.offset, msg.value or b"", error, now_ms())
         await self.publish(self.topics.dead_letter, "dead_letter", record,
                         key=msg.key.decode("utf-8", "replace") if msg.key else None)

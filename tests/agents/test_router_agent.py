@@ -1,12 +1,21 @@
-"""The router agent: valid queries become decisions, bad ones dead letters, without a broker."""
+"""The router: valid queries become decisions, bad ones dead letters, without a broker."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
 from selfevolve.routing import PARALLEL
+from streams.router import route_one
+
+
+async def _route(h, *payloads: bytes) -> None:
+    core = h.rt.routing()
+    for i, value in enumerate(payloads):
+        msg = SimpleNamespace(topic=h.rt.topics.queries, partition=0, offset=i, key=None, value=value)
+        await route_one(h.rt, core, msg)
 
 
 def _query(codec, qid: str, text: str, tenant: str = "t1") -> bytes:
@@ -23,13 +32,8 @@ def _query(codec, qid: str, text: str, tenant: str = "t1") -> bytes:
 def test_bad_query_goes_to_dead_letter_and_the_next_is_routed(harness, payload_factory, reason):
     h = harness("streams.router")
 
-    async def run():
-        async with h.agent("router").test_context() as agent:
-            await agent.put(payload_factory(h.rt.codec))
-            await agent.put(_query(h.rt.codec, "ok-1", "What is the boiling point of water?"))
-            await h.wait_for("route_decision", 1)
-
-    asyncio.run(run())
+    asyncio.run(_route(h, payload_factory(h.rt.codec),
+                       _query(h.rt.codec, "ok-1", "What is the boiling point of water?")))
     letters = h.of_kind("dead_letter")
     assert len(letters) == 1 and reason in letters[0]["reason"]
     decisions = h.of_kind("route_decision")
@@ -39,12 +43,7 @@ def test_bad_query_goes_to_dead_letter_and_the_next_is_routed(harness, payload_f
 def test_empty_history_routes_in_parallel_with_the_query_metadata(harness):
     h = harness("streams.router")
 
-    async def run():
-        async with h.agent("router").test_context() as agent:
-            await agent.put(_query(h.rt.codec, "q-1", "Which gas do plants absorb?"))
-            await h.wait_for("route_decision", 1)
-
-    asyncio.run(run())
+    asyncio.run(_route(h, _query(h.rt.codec, "q-1", "Which gas do plants absorb?")))
     (d,) = h.of_kind("route_decision")
     # Nothing is known yet, so similarity is 0 and the router explores several tiers.
     assert d["strategy"] == PARALLEL and d["similarity"] == 0.0 and len(d["models"]) >= 2

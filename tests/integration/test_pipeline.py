@@ -152,11 +152,6 @@ def test_bad_events_go_to_dead_letter_and_good_ones_are_answered(stack, stack_se
     assert _wait_count(stack_settings, "dead_letters", len(bad)) == len(bad)
 
 
-@pytest.mark.xfail(reason="known defect: after a SIGKILL and restart with a backlog, Faust's consumer sometimes "
-                          "skips about one fetch of queries per partition and commits past them (32 of 300 in a "
-                          "fresh-clone CI run under load; 0 in 3 quiet runs after the worker began loading the "
-                          "routing core before consuming). Planned fix: the router reads with its own consumer "
-                          "and manual commits, as the sink now does", strict=False)
 def test_sigkill_mid_stream_every_query_answered_exactly_once(stack, stack_settings):
     codec = Codec.from_dir()
     topics = Topics.from_settings(stack_settings)
