@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from selfevolve.config import Settings
@@ -72,4 +72,26 @@ async def tail_consumer(settings: Settings, topic: str, from_beginning: bool) ->
         await consumer.seek_to_end(*tps)
         for tp in tps:  # resolve the lazy seek now, so records produced after this call are seen
             await consumer.position(tp)
+    return consumer
+
+
+async def committing_consumer(settings: Settings, group: str, topics: list[str], on_revoke,
+                              max_poll_records: int) -> AIOKafkaConsumer:
+    """A started group consumer that commits only when told (after its work is durable); on_revoke() runs
+    before a rebalance takes partitions away, so pending work can be finished and committed first."""
+
+    class OnRevoke(ConsumerRebalanceListener):
+        async def on_partitions_revoked(self, revoked):
+            await on_revoke()
+
+        async def on_partitions_assigned(self, assigned):
+            pass
+
+    await ensure_topics(settings, topics)  # a subscription to a missing topic sees it only at the next refresh
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"{settings.topic_prefix}{group}".replace(".", "-"), enable_auto_commit=False,
+        auto_offset_reset="earliest", isolation_level="read_committed", max_poll_records=max_poll_records)
+    consumer.subscribe(topics, listener=OnRevoke())
+    await consumer.start()
     return consumer

@@ -45,17 +45,9 @@ async def route_one(rt, core, msg) -> None:
 
 async def run_router(rt, stop: asyncio.Event | None = None) -> None:
     """Consume `queries` until cancelled (or `stop` is set), committing after each acknowledged decision."""
-    from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+    from streams.kafka_io import committing_consumer
 
-    from streams.kafka_io import ensure_topics
-
-    s = rt.settings
-    await ensure_topics(s, [rt.topics.queries])
     core = await asyncio.to_thread(rt.routing)  # off the loop: loading the embedder takes seconds
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=s.kafka_bootstrap, group_id=f"{s.topic_prefix}router".replace(".", "-"),
-        enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
-        max_poll_records=100)
     routed: dict = {}  # partition -> next offset; every query before it has an acknowledged decision
 
     async def commit() -> None:
@@ -63,15 +55,7 @@ async def run_router(rt, stop: asyncio.Event | None = None) -> None:
             await consumer.commit(dict(routed))
             routed.clear()
 
-    class CommitOnRevoke(ConsumerRebalanceListener):
-        async def on_partitions_revoked(self, revoked):
-            await commit()
-
-        async def on_partitions_assigned(self, assigned):
-            pass
-
-    consumer.subscribe([rt.topics.queries], listener=CommitOnRevoke())
-    await consumer.start()
+    consumer = await committing_consumer(rt.settings, "router", [rt.topics.queries], commit, 100)
     try:
         while stop is None or not stop.is_set():
             got = await consumer.getmany(timeout_ms=500)

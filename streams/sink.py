@@ -38,18 +38,11 @@ def rows_by_kind(rt, messages) -> dict[str, list[dict]]:
 
 async def run_sink(rt, store, stop: asyncio.Event | None = None) -> None:
     """Consume every event topic into the store until cancelled (or `stop` is set)."""
-    from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
     from aiokafka.errors import CommitFailedError
 
-    from streams.kafka_io import ensure_topics
+    from streams.kafka_io import committing_consumer
 
     s = rt.settings
-    names = rt.topics.all()
-    await ensure_topics(s, names)  # a subscription to a missing topic would only see it at the next metadata refresh
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=s.kafka_bootstrap,
-        group_id=f"{s.topic_prefix}sink".replace(".", "-"), enable_auto_commit=False,
-        auto_offset_reset="earliest", isolation_level="read_committed", max_poll_records=s.sink_batch_size)
     state = batching.initialize()
     positions: dict = {}  # partition -> next offset to commit once the pending batch is stored
 
@@ -66,15 +59,7 @@ async def run_sink(rt, store, stop: asyncio.Event | None = None) -> None:
                 # A rebalance took the partitions: the next owner re-reads them and the tables de-duplicate.
                 log.warning("sink commit after insert failed, rows will be re-read: %s", e)
 
-    class FlushOnRevoke(ConsumerRebalanceListener):
-        async def on_partitions_revoked(self, revoked):
-            await flush()
-
-        async def on_partitions_assigned(self, assigned):
-            pass
-
-    consumer.subscribe(names, listener=FlushOnRevoke())
-    await consumer.start()
+    consumer = await committing_consumer(s, "sink", rt.topics.all(), flush, s.sink_batch_size)
     try:
         while stop is None or not stop.is_set():
             due = batching.deadline(state, s.sink_flush_seconds)
