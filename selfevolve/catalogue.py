@@ -96,6 +96,9 @@ class Catalogue:
             if s.name in self._by_name:
                 raise ConfigError(f"model {s.name!r} is listed twice in the catalogue")
             self._by_name[s.name] = s
+        # Immutable, so the views every routing decision asks for are computed once.
+        self._active = tuple(s for s in self._specs if not s.reserve)
+        self._fallbacks: dict[str, str] | None = None
 
     @classmethod
     def load(cls, path: Path) -> Catalogue:
@@ -143,7 +146,7 @@ class Catalogue:
 
     def active(self) -> tuple[ModelSpec, ...]:
         """Models that serve traffic now (not in the reserve pool)."""
-        return tuple(s for s in self._specs if not s.reserve)
+        return self._active
 
     def reserve(self) -> tuple[ModelSpec, ...]:
         return tuple(s for s in self._specs if s.reserve)
@@ -170,6 +173,12 @@ class Catalogue:
     def add(self, spec: ModelSpec) -> Catalogue:
         """A copy with one more model (a freshly distilled student)."""
         return Catalogue((*self._specs, spec))
+
+    def fallbacks(self) -> dict[str, str]:
+        """Active model -> the model its failed calls fall back to (next_tier), for every model that has one."""
+        if self._fallbacks is None:
+            self._fallbacks = {s.name: nxt.name for s in self._active if (nxt := self.next_tier(s.name))}
+        return dict(self._fallbacks)
 
     def next_tier(self, name: str) -> ModelSpec | None:
         """Cheapest active model in the nearest higher tier that has one, or None at the top."""

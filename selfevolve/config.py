@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     max_query_bytes: int = 32 * 1024
     # Exact-text LRU of query embeddings (0 turns it off); ~1.6 KB per entry.
     embed_cache_size: int = 50_000
+    # Records one poll may hand the router and the scorer: each batch waits once for the broker's acks.
+    router_batch_size: int = 128
+    scorer_batch_size: int = 500
     web_port: int = 16066
     exactly_once: bool = False
 
@@ -79,6 +82,10 @@ class Settings(BaseSettings):
     distill_confidence: float = 0.8
     distill_buffer: int = 64
     distill_steps: int = 20
+    distill_batch_size: int = 8
+    # Prompts keep their tail (the question), answers their head; shorter is faster on the CPU.
+    distill_max_prompt_tokens: int = 256
+    distill_max_answer_tokens: int = 192
 
     def to_env(self) -> dict[str, str]:
         """These settings as SELFEVOLVE_* variables, so child processes build the same Settings."""

@@ -87,10 +87,17 @@ class History:
 
     def search(self, vec: np.ndarray, k: int) -> list[tuple[Record, float]]:
         """The k nearest past records with their cosine similarity, most similar first."""
+        return self.search_many(np.atleast_2d(vec), k)[0]
+
+    def search_many(self, vecs: np.ndarray, k: int) -> list[list[tuple[Record, float]]]:
+        """search() for each row of vecs in one index call: a flat index then runs one matrix product
+        instead of one pass over every stored vector per query."""
+        vecs = np.atleast_2d(vecs)
         if not self.records or k <= 0:
-            return []
-        sims, ids = self.index.search(normalize(np.atleast_2d(vec)), min(k, len(self.records)))
-        return [(self.records[i], float(s)) for i, s in zip(ids[0], sims[0]) if i >= 0]
+            return [[] for _ in range(len(vecs))]
+        sims, ids = self.index.search(normalize(vecs), min(k, len(self.records)))
+        return [[(self.records[i], float(s)) for i, s in zip(row_ids, row_sims) if i >= 0]
+                for row_ids, row_sims in zip(ids, sims)]
 
     def _count(self, r: Record) -> None:
         for m, c in r.costs.items():

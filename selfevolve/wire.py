@@ -18,7 +18,9 @@ def decision_record(d: Decision, metadata: Mapping[str, str], decision_ms: float
         "similarity": float(d.similarity), "models": list(d.models), "domain": domain,
         "theta_high": float(d.theta_high), "theta_low": float(d.theta_low),
         "decision_ms": float(decision_ms), "metadata": dict(metadata),
-        "plan": json.dumps(dataclasses.asdict(d), default=float), "ts_ms": ts_ms,
+        # Decision's fields are plain values, tuples and flat dicts: no deep copy (asdict) is needed.
+        "plan": json.dumps({f.name: getattr(d, f.name) for f in dataclasses.fields(d)}, default=float),
+        "ts_ms": ts_ms,
     }
 
 

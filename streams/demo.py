@@ -51,8 +51,11 @@ def run_demo(settings: Settings, limit: int | None = None, warmup: int | None = 
     shutil.rmtree(home, ignore_errors=True)
     if live:
         # Only the demo's explicit live spawn trains; the buffer alone would train mid-replay.
+        # The short form of a round: a few small steps on the questions' tails, so it fits the demo's time.
         settings = settings.model_copy(update={"distill_buffer": 10**9,
-                                               "distill_steps": min(settings.distill_steps, 6)})
+                                               "distill_steps": min(settings.distill_steps, 4),
+                                               "distill_batch_size": min(settings.distill_batch_size, 4),
+                                               "distill_max_prompt_tokens": 128, "distill_max_answer_tokens": 64})
     stack = Stack(settings)
     t0 = time.time()
     print(f"[demo] starting Kafka, the stream worker and a model worker (logs: {stack.logs})", flush=True)

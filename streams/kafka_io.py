@@ -14,8 +14,9 @@ from selfevolve.errors import BrokerError
 from selfevolve.topics import Topics
 
 
-async def ensure_topics(settings: Settings, names: list[str] | None = None) -> None:
-    """Create every pipeline topic up front so partition counts match (Faust co-partitions by key)."""
+async def ensure_topics(settings: Settings, names: list[str] | None = None, compact: bool = False) -> None:
+    """Create every pipeline topic up front so partition counts match (Faust co-partitions by key);
+    compact=True makes them compacted changelogs, which keep the latest value per key."""
     names = names or Topics.from_settings(settings).all()
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
@@ -24,7 +25,8 @@ async def ensure_topics(settings: Settings, names: list[str] | None = None) -> N
         raise BrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {e}") from e
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(n, settings.topic_partitions, 1) for n in names if n not in existing]
+        configs = {"cleanup.policy": "compact"} if compact else {}
+        new = [NewTopic(n, settings.topic_partitions, 1, topic_configs=configs) for n in names if n not in existing]
         if new:
             try:
                 await admin.create_topics(new)
@@ -75,23 +77,64 @@ async def tail_consumer(settings: Settings, topic: str, from_beginning: bool) ->
     return consumer
 
 
+def group_id(settings: Settings, group: str) -> str:
+    return f"{settings.topic_prefix}{group}".replace(".", "-")
+
+
+async def transactional_producer(settings: Settings, name: str) -> AIOKafkaProducer:
+    """A started producer for consume-transform-produce: a batch's outputs and its consumed offsets commit in
+    one transaction, so read_committed readers see each batch once or not at all. The stable id makes a
+    restarted worker fence its killed predecessor and abort that one's open transaction: start it before
+    the consumer, so a restore reads past the aborted writes. One live process per id (per topic prefix)."""
+    p = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=2,
+                         transactional_id=group_id(settings, name))
+    await p.start()
+    return p
+
+
 async def committing_consumer(settings: Settings, group: str, topics: list[str], on_revoke,
-                              max_poll_records: int) -> AIOKafkaConsumer:
-    """A started group consumer that commits only when told (after its work is durable); on_revoke() runs
-    before a rebalance takes partitions away, so pending work can be finished and committed first."""
+                              max_poll_records: int, on_assign=None) -> AIOKafkaConsumer:
+    """A started group consumer that commits only when told (after its work is durable); on_revoke(revoked)
+    runs before a rebalance takes partitions away, so pending work can be finished and committed first, and
+    on_assign(assigned) before the first fetch from new partitions (to rebuild their state)."""
 
     class OnRevoke(ConsumerRebalanceListener):
         async def on_partitions_revoked(self, revoked):
-            await on_revoke()
+            await on_revoke(revoked)
 
         async def on_partitions_assigned(self, assigned):
-            pass
+            if on_assign is not None:
+                await on_assign(assigned)
 
     await ensure_topics(settings, topics)  # a subscription to a missing topic sees it only at the next refresh
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"{settings.topic_prefix}{group}".replace(".", "-"), enable_auto_commit=False,
+        group_id=group_id(settings, group), enable_auto_commit=False,
         auto_offset_reset="earliest", isolation_level="read_committed", max_poll_records=max_poll_records)
     consumer.subscribe(topics, listener=OnRevoke())
     await consumer.start()
     return consumer
+
+
+async def transactional_loop(settings: Settings, name: str, topics: list[str], max_records: int, handle,
+                             stop: asyncio.Event | None = None, on_assign=None) -> None:
+    """Consume-transform-produce until cancelled (or `stop` is set): the records of each poll go to
+    `await handle(producer, records)`, and what it sends commits with their offsets in one transaction."""
+    producer = await transactional_producer(settings, name)  # first: it aborts a killed predecessor's batch
+
+    async def on_revoke(revoked) -> None:
+        pass  # the batch in progress finishes in its transaction
+
+    consumer = await committing_consumer(settings, name, topics, on_revoke, max_records, on_assign=on_assign)
+    try:
+        while stop is None or not stop.is_set():
+            got = await consumer.getmany(timeout_ms=500, max_records=max_records)
+            if not got:
+                continue
+            async with producer.transaction():
+                await handle(producer, [m for msgs in got.values() for m in msgs])
+                await producer.send_offsets_to_transaction({tp: msgs[-1].offset + 1 for tp, msgs in got.items()},
+                                                           group_id(settings, name))
+    finally:
+        await consumer.stop()
+        await producer.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from selfevolve.codec import Codec
@@ -27,10 +27,16 @@ class Runtime:
     topics: Topics
     app: Any = None
     core: dict[str, Any] = field(default_factory=dict)
+    _topics: dict[str, Any] = field(default_factory=dict)  # Faust topic objects, built once per name
+    producer: Any = None  # an aiokafka producer to send through instead of Faust's (a task's transactions)
 
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":
         return cls(settings=settings, codec=Codec.from_dir(), topics=Topics.from_settings(settings))
+
+    def through(self, producer) -> "Runtime":
+        """This runtime, sending through producer (shares settings, codec and core state)."""
+        return replace(self, producer=producer, _topics={})
 
     def routing(self) -> dict[str, Any]:
         """The shared routing core, built on first use: catalogue, history (reloaded), embedder, router."""
@@ -71,8 +77,16 @@ class Runtime:
 
     async def send(self, topic: str, kind: str, record: dict, key: str | None):
         """Queue a record; returns the future of the broker's acknowledgement, for callers that must wait."""
-        return await self.app.topic(topic, key_serializer="raw", value_serializer="raw").send(
-            key=key.encode() if key is not None else None, value=self.codec.encode(kind, record))
+        return await self.send_raw(topic, key.encode() if key is not None else None,
+                                   self.codec.encode(kind, record))
+
+    async def send_raw(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None):
+        """Queue raw bytes (None: a tombstone), to a given partition or by key; returns the ack future."""
+        if self.producer is not None:
+            return await self.producer.send(topic, value=value, key=key, partition=partition)
+        if topic not in self._topics:
+            self._topics[topic] = self.app.topic(topic, key_serializer="raw", value_serializer="raw")
+        return await self._topics[topic].send(key=key, value=value, partition=partition)
 
     async def publish(self, topic: str, kind: str, record: dict, key: str | None) -> None:
         """Send and wait for the broker's acknowledgement. Faust acks the input event when the agent moves
@@ -94,7 +108,11 @@ class Runtime:
         await self.dead_letter_message(event.message, error)
 
     async def dead_letter_message(self, msg, error: BaseException) -> None:
-        """Dead-letter a raw message (a Faust message or an aiokafka record) with the reason."""
+        """Dead-letter a raw message (a Faust message or an aiokafka record) with the reason; waits for the ack."""
+        await (await self.send_dead_letter(msg, error))
+
+    async def send_dead_letter(self, msg, error: BaseException):
+        """Queue the dead letter of a raw message; returns the ack future."""
         record = dead_letter(msg.topic, msg.partition, msg.offset, msg.value or b"", error, now_ms())
-        await self.publish(self.topics.dead_letter, "dead_letter", record,
-                        key=msg.key.decode("utf-8", "replace") if msg.key else None)
+        return await self.send(self.topics.dead_letter, "dead_letter", record,
+                               key=msg.key.decode("utf-8", "replace") if msg.key else None)

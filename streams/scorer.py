@@ -1,90 +1,170 @@
-"""Scorer agent: fold decisions and responses through the arbiter; send calls, scores and one answer."""
+"""Scorer: fold decisions and responses through the arbiter; send calls, scores and one answer per query.
+
+The scorer reads `route-decisions` and `inference-responses` with its own aiokafka consumer (group
+`<prefix>scorer`) and keeps each open query's event log in a table backed by a compacted changelog
+(streams/changelog.py), as the router and the sink read with their own consumers (Faust's consumer
+skipped events after a SIGKILL with a backlog). What one poll returns is one batch, in one Kafka
+transaction:
+
+1. every event is folded through `arbiter.step` (off the loop: scoring may run a response's code);
+2. the outputs (requests, scores, answers) are sent, and the broker's acknowledgements awaited;
+3. the changed logs are written to the changelog, and awaited;
+4. the batch's offsets are sent to the transaction, which commits.
+
+A crash anywhere aborts the transaction: read_committed readers never see its outputs, the restarted
+scorer rebuilds its logs from the committed changelog and folds the batch again, so each query is
+answered once. Without a transaction (the agent tests) the order of 2 and 3 still means a crash can only
+repeat outputs, never lose them: the logs say an event was seen only once its outputs are on the broker.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from selfevolve import arbiter, learning
 from selfevolve.errors import DecodeError, ValidationError
 from selfevolve.wire import (answer_record, decision_from_record, request_record, response_from_record,
                              score_records)
+from streams.changelog import ChangelogTable
 from streams.runtime import now_ms
 
+log = logging.getLogger("selfevolve.scorer")
+DONE = {"done": True}  # what an answered query's log shrinks to: enough to ignore its late events
 
-def register(app, rt) -> None:
-    # Per query: the event log that rebuilds its arbiter state after a restart (changelog-backed).
-    table = app.Table("arbiter", default=None, partitions=rt.settings.topic_partitions)
-    topic = rt.topic(rt.topics.route_decisions, rt.topics.inference_responses)
 
-    # Live states, so the log is replayed only after a restart (a replay re-runs code checkers).
-    states: dict[str, arbiter.State] = {}
+class Scorer:
+    """The scorer's state: the changelog-backed logs and the live arbiter states they rebuild."""
 
-    @app.agent(topic, name="scorer")
-    async def scorer(stream):
-        core = rt.routing()
-        async for event in stream.events():
-            # One merged stream of two kinds: the writer schema says which (a foreign one fails decode).
-            kind = rt.codec.kind_of(event.value)
-            kind = kind if kind in ("route_decision", "inference_response") else "inference_response"
-            try:
-                record = rt.codec.decode(kind, event.value)
-            except (DecodeError, ValidationError) as e:
-                await rt.dead_letter(event, e)
-                continue
+    def __init__(self, rt, core) -> None:
+        self.rt, self.core = rt, core
+        self.table = ChangelogTable(rt.settings, "scorer-state")
+        self.states: dict[tuple[int, str], arbiter.State] = {}  # (partition, query id) -> live state
+
+    def fold(self, events: list[tuple[int, str, dict]]) -> list[tuple[dict, object, list]]:
+        """Fold (partition, kind, record) events in order; returns (decision record, Decision, outputs) per event
+        that moved a query on. Pure but for the table and the state cache; runs in a worker thread."""
+        out = []
+        for partition, kind, record in events:
             qid = record["query_id"]
-            log = table.get(qid) or {"decision": None, "responses": [], "done": False}
-            if log["done"] or (kind == "route_decision" and log["decision"] is not None):
-                continue  # already answered, or a re-delivered decision
-            state = states.get(qid) or _rebuild(log, rt.settings.score_weights)
-            event_obj = decision_from_record(record) if kind == "route_decision" else response_from_record(record)
-            # Scoring may run a response's code against its own tests: keep the loop free meanwhile.
-            state, outputs = await asyncio.to_thread(arbiter.step, state, event_obj)
+            entry = self.table.get(partition, qid) or {"decision": None, "responses": []}
+            if entry.get("done"):
+                continue  # answered already: a re-delivered or late event
             if kind == "route_decision":
-                log = {**log, "decision": record}
+                if entry["decision"] is not None:
+                    continue  # a re-delivered decision
+                decision, event = record, decision_from_record(record)
+                after = {**entry, "decision": record}
             else:
-                log = {**log, "responses": log["responses"] + [record]}
-            verdicts = [o for o in outputs if isinstance(o, arbiter.Verdict)]
-            sent = []
-            for call in (o for o in outputs if isinstance(o, arbiter.Call)):
-                backend = core["catalogue"].get(call.model).backend
-                sent.append(await rt.send(rt.topics.requests_for(backend), "inference_request",
-                                          request_record(call, state.decision, log["decision"]["metadata"],
-                                                         now_ms()), key=qid))
-            for v in verdicts:
-                sent += await _deliver(rt, core, v, log["decision"])
-            # The table (a changelog) is written only once the broker holds every output: a crash
-            # before that re-delivers this event and repeats them; never a logged step whose
-            # outputs were lost (a decision with no requests, a done query with no answer).
-            await asyncio.gather(*sent)
-            table[qid] = {"decision": None, "responses": [], "done": True} if verdicts else log
-            if verdicts:
-                states.pop(qid, None)
+                if entry["decision"] is None:
+                    continue  # no decision here: a response to a call this scorer did not make
+                if any(r["request_id"] == record["request_id"] for r in entry["responses"]):
+                    continue  # a re-delivered response
+                decision, event = entry["decision"], response_from_record(record)
+                after = {**entry, "responses": entry["responses"] + [record]}
+            key = (partition, qid)
+            state = self.states.get(key) or _rebuild(entry, self.rt.settings.score_weights)
+            state, outputs = arbiter.step(state, event)
+            if any(isinstance(o, arbiter.Verdict) for o in outputs):
+                self.states.pop(key, None)
+                after = DONE
             else:
-                states[qid] = state
+                self.states[key] = state
+            self.table.put(partition, qid, after)
+            out.append((decision, state.decision, outputs))
+        return out
+
+    def drop(self, partitions: set[int]) -> None:
+        self.table.drop(partitions)
+        self.states = {k: v for k, v in self.states.items() if k[0] not in partitions}
+
+    async def restore(self, partitions: set[int]) -> None:
+        self.drop(partitions)  # what this worker held of them before is stale: another may have moved on
+        await self.table.restore(partitions)
+
+
+def _rebuild(entry: dict, weights) -> arbiter.State:
+    """The arbiter state of a logged query: after a restart, or when its partition moved here."""
+    state = arbiter.State(weights=weights)
+    if entry.get("decision") is None:
+        return state
+    state, _ = arbiter.step(state, decision_from_record(entry["decision"]))
+    for r in entry["responses"]:
+        state, _ = arbiter.step(state, response_from_record(r))
+    return state
+
+
+async def score_batch(rt, scorer: Scorer, messages) -> None:
+    """Steps 1-3 above for raw messages; returns once their outputs and the changelog are acknowledged."""
+    acks, events = [], []
+    for msg in messages:
+        # One merged stream of two kinds: the writer schema says which (a foreign one fails decode).
+        kind = rt.codec.kind_of(msg.value)
+        kind = kind if kind in ("route_decision", "inference_response") else "inference_response"
+        try:
+            events.append((msg.partition, kind, rt.codec.decode(kind, msg.value)))
+        except (DecodeError, ValidationError) as e:
+            acks.append(await rt.send_dead_letter(msg, e))
+    steps = await asyncio.to_thread(scorer.fold, events) if events else []
+    core = scorer.core
+    verdicts = [(rec, v) for rec, _, outs in steps for v in outs if isinstance(v, arbiter.Verdict)]
+    lost = [(rec, v) for rec, v in verdicts if v.query_id not in core["vectors"]]
+    if lost:  # the router's vector was lost with a restart: embed again rather than forget the query
+        vecs = await asyncio.to_thread(core["embedder"].encode, [decision_from_record(r).text for r, _ in lost])
+        core["vectors"].update({v.query_id: vec for (_, v), vec in zip(lost, vecs)})
+    for record, decision, outputs in steps:
+        for call in (o for o in outputs if isinstance(o, arbiter.Call)):
+            backend = core["catalogue"].get(call.model).backend
+            acks.append(await rt.send(rt.topics.requests_for(backend), "inference_request",
+                                      request_record(call, decision, record["metadata"], now_ms()),
+                                      key=call.query_id))
+        for v in (o for o in outputs if isinstance(o, arbiter.Verdict)):
+            acks += await _deliver(rt, core, v, record)
+    for ack in acks:
+        await ack
+    # Only now, with every output on the broker, may the logs say these events were seen.
+    await scorer.table.flush(rt.send_raw)
 
 
 async def _deliver(rt, core, v, decision_rec) -> list:
-    """Send the scores and the answer; returns their acknowledgement futures."""
+    """Send the scores and the answer, and add the query to the history; returns the ack futures."""
     ts = now_ms()
     domain = decision_rec.get("domain", -1)
     # Keyed by domain: the statistics and gap tables downstream are per domain.
-    sent = [await rt.send(rt.topics.scores, "score", score, key=str(domain))
+    acks = [await rt.send(rt.topics.scores, "score", score, key=str(domain))
             for score in score_records(v, domain, ts)]
     latency = ts - decision_rec["ts_ms"]
     answer = answer_record(v, decision_rec["tenant"], domain, latency, ts)
-    sent.append(await rt.send(rt.topics.answers, "answer", answer, key=decision_rec["tenant"]))
-    vec = core["vectors"].pop(v.query_id, None)
-    if vec is None:  # lost with a restart: embed again rather than forget the query
-        vec = core["embedder"].encode([decision_from_record(decision_rec).text])[0]
-    learning.record_delivery(core["history"], vec, v, decision_rec["tenant"], ts_ms=ts)
-    return sent
+    acks.append(await rt.send(rt.topics.answers, "answer", answer, key=decision_rec["tenant"]))
+    learning.record_delivery(core["history"], core["vectors"].pop(v.query_id), v, decision_rec["tenant"], ts_ms=ts)
+    return acks
 
 
-def _rebuild(log, weights) -> arbiter.State:
-    state = arbiter.State(weights=weights)
-    if log["decision"] is None:
-        return state
-    state, _ = arbiter.step(state, decision_from_record(log["decision"]))
-    for r in log["responses"]:
-        state, _ = arbiter.step(state, response_from_record(r))
-    return state
+async def run_scorer(rt, stop: asyncio.Event | None = None) -> None:
+    """Consume decisions and responses until cancelled (or `stop` is set): a batch per poll, each batch's
+    outputs, changelog writes and consumed offsets in one Kafka transaction."""
+    from streams.kafka_io import ensure_topics, transactional_loop
+
+    core = await asyncio.to_thread(rt.routing)
+    scorer = Scorer(rt, core)
+    await ensure_topics(rt.settings, [scorer.table.topic], compact=True)
+    owned: set[int] = set()
+
+    async def on_assign(assigned) -> None:
+        mine = {tp.partition for tp in assigned}
+        scorer.drop(owned - mine)
+        await scorer.restore(mine - owned)  # before the first fetch from them
+        owned.clear()
+        owned.update(mine)
+
+    async def handle(producer, messages) -> None:
+        await score_batch(rt.through(producer), scorer, messages)
+
+    await transactional_loop(rt.settings, "scorer", [rt.topics.route_decisions, rt.topics.inference_responses],
+                             rt.settings.scorer_batch_size, handle, stop, on_assign=on_assign)
+
+
+def register(app, rt) -> None:
+    @app.task
+    async def scorer():
+        await run_scorer(rt)

@@ -59,7 +59,7 @@ async def run_sink(rt, store, stop: asyncio.Event | None = None) -> None:
                 # A rebalance took the partitions: the next owner re-reads them and the tables de-duplicate.
                 log.warning("sink commit after insert failed, rows will be re-read: %s", e)
 
-    consumer = await committing_consumer(s, "sink", rt.topics.all(), flush, s.sink_batch_size)
+    consumer = await committing_consumer(s, "sink", rt.topics.all(), lambda revoked: flush(), s.sink_batch_size)
     try:
         while stop is None or not stop.is_set():
             due = batching.deadline(state, s.sink_flush_seconds)

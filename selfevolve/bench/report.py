@@ -41,7 +41,9 @@ def throughput(t: dict) -> list[str]:
             f"| end-to-end queries per second | {t['qps']:.1f} |",
             f"| p50 / p99 produce-to-answer (an open-loop burst: mostly queueing) | {t['p50_ms'] / 1000:.0f} s / "
             f"{t['p99_ms'] / 1000:.0f} s |",
-            f"| router decision time, p50 (after the embedding) | {t['router_p50_ms']:.2f} ms |",
+            f"| router decision time, p50 (a query's share of its batch, after the embedding) | "
+            f"{t['router_p50_ms']:.2f} ms |",
+            f"| distinct query texts among the {t['n']} | {t['distinct_texts']} |",
             f"| baseline: bare produce-to-consume on the same broker | {b['broker_roundtrip']['msgs_per_s']:.0f} msg/s |",
             f"| baseline: MiniLM embedding alone, distinct texts (batches of 64) | "
             f"{b['embedding']['texts_per_s']:.1f} texts/s |",

@@ -31,7 +31,11 @@ def train_round(settings: Settings, domain: str, items: list[Mapping], version: 
     """Train a fresh LoRA student for `domain` on `items`; write checkpoint version `version`."""
     from selfevolve.distill.train import build_student, save_checkpoint, train
 
-    cfg = replace(base or DistillConfig(), domain=f"d{domain}", steps=steps, log_every=0)
+    cfg = replace(base or DistillConfig(), domain=f"d{domain}", steps=steps, log_every=0,
+                  batch_size=settings.distill_batch_size, max_prompt_tokens=settings.distill_max_prompt_tokens,
+                  max_answer_tokens=settings.distill_max_answer_tokens)
+    # A short round still reaches its peak learning rate: warm up over at most a quarter of it.
+    cfg = replace(cfg, warmup_steps=min(cfg.warmup_steps, max(1, steps // 4)))
     student = build_student(cfg, settings)
     history = train(cfg, student, examples_from_buffer(items, domain))
     path = save_checkpoint(checkpoint_path(settings, domain, version), student, cfg)

@@ -100,21 +100,32 @@ class Router:
     # -- estimates -------------------------------------------------------------------------------
     def _estimates(self, neighbours, names: list[str]) -> dict[str, Estimate]:
         """Beta posterior per model: global prior of strength prior_strength, updated by neighbours."""
+        # One pass over the neighbours: each record names only the few models it called.
+        wanted = set(names)
+        q_sums: dict[str, list[float]] = {}  # model -> [Σ w·q, Σ w·(1-q), Σ w]
+        c_sums: dict[str, list[float]] = {}  # model -> [Σ w·cost, Σ w]
+        for rec, sim in neighbours:
+            w = max(sim, 0.0)
+            for m, q in rec.quality.items():
+                if q is not None and m in wanted:
+                    acc = q_sums.setdefault(m, [0.0, 0.0, 0.0])
+                    acc[0] += w * q
+                    acc[1] += w * (1 - q)
+                    acc[2] += w
+            for m, c in rec.costs.items():
+                if m in wanted:
+                    acc = c_sums.setdefault(m, [0.0, 0.0])
+                    acc[0] += w * c
+                    acc[1] += w
         out = {}
         for m in names:
             g_mean, g_n, g_cost = self.history.model_mean(m)
             # The global mean is itself shrunk to 1/2: one lucky verdict must not make a model look perfect.
             prior = (0.5 * GLOBAL_STRENGTH + (g_mean or 0.0) * g_n) / (GLOBAL_STRENGTH + g_n)
-            spec = self.catalogue.get(m)
-            cost = g_cost if g_cost is not None else estimate_cost(spec, 500, 200)
-            a, b, n, csum, cn = self.prior_strength * prior, self.prior_strength * (1 - prior), 0.0, 0.0, 0.0
-            for rec, sim in neighbours:
-                w = max(sim, 0.0)
-                q = rec.quality.get(m)
-                if q is not None:
-                    a, b, n = a + w * q, b + w * (1 - q), n + w
-                if m in rec.costs:
-                    csum, cn = csum + w * rec.costs[m], cn + w
+            cost = g_cost if g_cost is not None else estimate_cost(self.catalogue.get(m), 500, 200)
+            qa, qb, n = q_sums.get(m, (0.0, 0.0, 0.0))
+            a, b = self.prior_strength * prior + qa, self.prior_strength * (1 - prior) + qb
+            csum, cn = c_sums.get(m, (0.0, 0.0))
             # Costs scale with prompt length, so the neighbours' real costs beat the global mean.
             out[m] = Estimate(a / (a + b), n, csum / cn if cn > 0 else cost, g_n)
         return out
@@ -126,16 +137,27 @@ class Router:
 
     # -- the policy ------------------------------------------------------------------------------
     def route(self, query: RouteQuery) -> Decision:
+        return self.route_many([query])[0]
+
+    def route_many(self, queries: list[RouteQuery]) -> list[Decision]:
+        """route() for each query, with one embedding call and one history search for all of them. The
+        queries do not see each other: a query joins the history only once its answer is delivered."""
+        if not queries:
+            return []
+        if not self.use_similarity:
+            return [self._decide(q, []) for q in queries]
+        missing = [i for i, q in enumerate(queries) if q.vector is None]
+        if missing and self.embedder is None:
+            raise ConfigError("the router needs an embedder or a query vector")
+        fresh = dict(zip(missing, self.embedder.encode([queries[i].text for i in missing]))) if missing else {}
+        vecs = np.stack([fresh[i] if q.vector is None else q.vector for i, q in enumerate(queries)])
+        return [self._decide(q, nb) for q, nb in zip(queries, self.history.search_many(vecs, self.k))]
+
+    def _decide(self, query: RouteQuery, neighbours: list) -> Decision:
         active = [s for s in self.catalogue.active()]
         if not active:
             raise ConfigError("the catalogue has no active model")
         names = [s.name for s in active]
-        vec = query.vector
-        if vec is None and self.use_similarity:
-            if self.embedder is None:
-                raise ConfigError("the router needs an embedder or a query vector")
-            vec = self.embedder.encode([query.text])[0]
-        neighbours = self.history.search(vec, self.k) if self.use_similarity else []
         s = neighbours[0][1] if neighbours else 0.0
         est = self._estimates(neighbours, names)
         ref = self._reference_cost(est)
@@ -179,11 +201,7 @@ class Router:
                 kept.append(stage)
                 spent += sum(costs[m] for m in stage)
             escalation = tuple(kept)
-        fallbacks = {}
-        for spec in active:
-            nxt = self.catalogue.next_tier(spec.name)
-            if nxt is not None:
-                fallbacks[spec.name] = nxt.name
+        fallbacks = self.catalogue.fallbacks()
         return Decision(
             query_id=query.query_id, tenant=query.tenant, text=query.text, strategy=strategy,
             similarity=float(s), models=tuple(first), escalation=escalation,

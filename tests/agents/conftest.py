@@ -1,4 +1,5 @@
-"""Agent tests run the real Faust agents in test_context(): no broker, sends captured in memory."""
+"""Agent tests run the real agents without a broker: Faust agents in test_context(), the consumer tasks' batch
+functions on messages built here; sends are captured in memory."""
 
 from __future__ import annotations
 
@@ -27,7 +28,19 @@ class Harness:
                 done.set_result(None)  # acknowledged at once, as a broker would be
             return done
 
+        async def capture_raw(topic, key, value, partition=None):
+            # Raw writes are the changelogs (Avro records go through send above).
+            self.raw.append((topic, key, value, partition))
+            done = asyncio.get_running_loop().create_future()
+            if self.hold_acks:
+                self.pending.append(done)
+            else:
+                done.set_result(None)
+            return done
+
+        self.raw: list[tuple[str, bytes | None, bytes | None, int | None]] = []
         self.rt.send = capture
+        self.rt.send_raw = capture_raw
 
     def release_acks(self) -> None:
         for f in self.pending:

@@ -8,14 +8,14 @@ from types import SimpleNamespace
 import pytest
 
 from selfevolve.routing import PARALLEL
-from streams.router import route_one
+from streams.router import route_batch
 
 
 async def _route(h, *payloads: bytes) -> None:
-    core = h.rt.routing()
-    for i, value in enumerate(payloads):
-        msg = SimpleNamespace(topic=h.rt.topics.queries, partition=0, offset=i, key=None, value=value)
-        await route_one(h.rt, core, msg)
+    """One batch, as one poll of the router's consumer would hand it."""
+    msgs = [SimpleNamespace(topic=h.rt.topics.queries, partition=0, offset=i, key=None, value=value)
+            for i, value in enumerate(payloads)]
+    await route_batch(h.rt, h.rt.routing(), msgs)
 
 
 def _query(codec, qid: str, text: str, tenant: str = "t1") -> bytes:

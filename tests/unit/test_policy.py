@@ -1,6 +1,8 @@
 """Router: the three regimes, runtime thresholds and catalogue, cost-awareness and budget limits."""
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 
 from selfevolve.catalogue import Catalogue, ModelSpec, Role
@@ -125,3 +127,19 @@ def test_exhausted_tenant_budget_gets_only_the_cheapest(world):
 def test_empty_history_explores_in_parallel():
     d = Router(Settings(), CAT, History()).route(RouteQuery("q", "t", vector=np.ones(384, np.float32)))
     assert d.strategy == PARALLEL and len(d.models) >= 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(sims=st.lists(st.floats(min_value=-0.5, max_value=1.0), min_size=1, max_size=12),
+       lam=st.sampled_from([0.0, 0.1, 0.5]))
+def test_a_batch_routes_each_query_as_it_would_alone(sims, lam):
+    """route_many is one history search for many queries; each decision equals route() of that query."""
+    base = np.zeros(384, dtype=np.float32)
+    base[0] = 1
+    h = History()
+    for i in range(30):
+        q = {"small": float(i % 3 == 0), "mid": 1.0, "big": float(i % 2), "sup": 1.0}
+        h.add(_at(0.9, base, i + 10), Record(f"p{i}", costs=dict(COST), quality=q))
+    router = Router(Settings(), CAT, h, cost_lambda=lam)
+    queries = [RouteQuery(f"q{i}", "t", vector=_at(max(min(s, 0.999), -0.999), base, i)) for i, s in enumerate(sims)]
+    assert router.route_many(queries) == [router.route(q) for q in queries]

@@ -1,0 +1,87 @@
+"""A key/value table backed by a compacted changelog topic, for a task that reads with its own consumer.
+
+What a Faust table gives an agent, for a consumer that commits by hand: the table's partitions follow the
+input partitions (a key lives in the partition number of the input that wrote it), a newly assigned
+partition is rebuilt from its changelog before any input is read, and writes are staged in memory and
+reach the changelog only when the owner calls flush(), which it does after that batch's outputs are
+acknowledged and before it commits the batch's offsets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from selfevolve.config import Settings
+
+log = logging.getLogger("selfevolve.changelog")
+
+# (topic, key, value or None for a tombstone, partition) -> the broker's acknowledgement
+Send = Callable[[str, bytes, bytes | None, int], Awaitable[Awaitable[Any]]]
+
+
+class ChangelogTable:
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.settings = settings
+        self.topic = f"{settings.topic_prefix}{name}-changelog"
+        self.data: dict[int, dict[str, Any]] = {}  # partition -> key -> value
+        self.pending: dict[tuple[int, str], Any] = {}  # staged writes, the latest per key
+
+    def get(self, partition: int, key: str, default: Any = None) -> Any:
+        return self.data.get(partition, {}).get(key, default)
+
+    def put(self, partition: int, key: str, value: Any) -> None:
+        """Visible to get() at once; durable after the next flush()."""
+        self.data.setdefault(partition, {})[key] = value
+        self.pending[(partition, key)] = value
+
+    async def flush(self, send: Send) -> None:
+        """Write the staged values and wait for the broker to hold all of them."""
+        staged, self.pending = self.pending, {}
+        acks = [await send(self.topic, key.encode(), json.dumps(value).encode(), partition)
+                for (partition, key), value in staged.items()]
+        for ack in acks:
+            await ack
+
+    def drop(self, partitions: set[int]) -> None:
+        """Forget partitions this worker no longer owns (a rebalance gave them to another)."""
+        for p in partitions:
+            self.data.pop(p, None)
+        self.pending = {k: v for k, v in self.pending.items() if k[0] not in partitions}
+
+    async def restore(self, partitions: set[int]) -> int:
+        """Rebuild the given partitions from the start of their changelog; returns the records read."""
+        if not partitions:
+            return 0
+        # read_committed: writes of a transaction a crash aborted never happened.
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
+                                    isolation_level="read_committed")
+        await consumer.start()
+        read = 0
+        try:
+            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            for tp in tps:
+                self.data[tp.partition] = {}
+            todo = {tp for tp in tps if end[tp] > 0}
+            while todo:
+                for tp, msgs in (await consumer.getmany(*todo, timeout_ms=1000)).items():
+                    for m in msgs:
+                        key = m.key.decode()
+                        if m.value is None:
+                            self.data[tp.partition].pop(key, None)
+                        else:
+                            self.data[tp.partition][key] = json.loads(m.value)
+                        read += 1
+                for tp in list(todo):
+                    if await consumer.position(tp) >= end[tp]:
+                        todo.discard(tp)
+        finally:
+            await consumer.stop()
+        log.info("restored %s partitions %s from %d changelog records", self.topic, sorted(partitions), read)
+        return read
