@@ -142,36 +142,53 @@ def bootstrap(a: list[bool], b: list[bool] | None = None, n: int = 2000, seed: i
 
 
 def run_task(name: str, train_ex: list[Example], test_ex: list[Example], cfg: DistillConfig,
-             settings: Settings, evaluate, on_round=None) -> dict:
+             settings: Settings, evaluate, on_round=None, curve: tuple[float, ...] = ()) -> dict:
     """Before / response-only / all-three-losses rounds, each from a fresh copy of the base model.
-    on_round(partial result) runs after each round, so a run cut short keeps what it measured."""
+    curve: epochs within a round at which the student is also evaluated on the test split (the learning
+    curve; the round's own result is at its end). on_round(partial result) runs after each round, so a run
+    cut short keeps what it measured."""
     rounds = {
         "before": None,
         "response_only": replace(cfg, lambda_rs=0.0, lambda_m=0.0, domain=name),
         "multi_aspect": replace(cfg, domain=name),
     }
-    res: dict = {"n_train": len(train_ex), "n_test": len(test_ex), "rounds": {}}
+    per_epoch = -(-len(train_ex) // cfg.batch_size)
+    res: dict = {"n_train": len(train_ex), "n_test": len(test_ex), "steps_per_epoch": per_epoch, "rounds": {}}
     correct: dict[str, list[bool]] = {}
-    for rname, rcfg in rounds.items():
-        student = build_student(rcfg or replace(cfg, domain=name), settings)
-        hist = None
-        if rcfg is not None:
-            hist = train(rcfg, student, train_ex)
-            print(f"{name} {rname}: {describe(hist)}", flush=True)
+
+    def measure(student) -> dict:
         t0 = time.perf_counter()
         ok, conf, extra = evaluate(student, test_ex)
-        correct[rname] = ok
+        return {"ok": ok, "accuracy": bootstrap(ok), "ece": ece(ok, conf), "mean_confidence": float(np.mean(conf)),
+                "eval_wall_s": time.perf_counter() - t0, **extra}
+
+    for rname, rcfg in rounds.items():
+        student = build_student(rcfg or replace(cfg, domain=name), settings)
+        hist, points = None, []
+        if rcfg is not None:
+            at = {max(1, round(e * per_epoch)): e for e in curve}
+
+            def on_step(done: int) -> None:
+                if done in at and done < rcfg.total_steps(len(train_ex)):
+                    m = measure(student)
+                    points.append({"epochs": at[done], "step": done, "accuracy": m["accuracy"], "ece": m["ece"]})
+                    print(f"{name} {rname} at {at[done]:g} epochs: accuracy {np.mean(m['ok']):.3f}", flush=True)
+
+            hist = train(rcfg, student, train_ex, on_step=on_step if curve else None)
+            print(f"{name} {rname}: {describe(hist)}", flush=True)
+        m = measure(student)
+        correct[rname] = m.pop("ok")
+        steps = hist["steps"] if hist else 0
+        points.append({"epochs": steps / per_epoch, "step": steps, "accuracy": m["accuracy"], "ece": m["ece"]})
         res["rounds"][rname] = {
-            "accuracy": bootstrap(ok),
-            "ece": ece(ok, conf),
-            "mean_confidence": float(np.mean(conf)),
+            **m,
             "train_wall_s": hist["wall_s"] if hist else 0.0,
-            "eval_wall_s": time.perf_counter() - t0,
             "loss_first_last": [hist["loss"][0], hist["loss"][-1]] if hist else None,
             "loss_history": hist["loss"] if hist else None,
-            **extra,
+            "curve": points,
         }
-        print(f"{name} {rname}: accuracy {np.mean(ok):.3f}, ECE {res['rounds'][rname]['ece']:.3f}", flush=True)
+        print(f"{name} {rname}: accuracy {np.mean(correct[rname]):.3f}, ECE {res['rounds'][rname]['ece']:.3f}",
+              flush=True)
         del student
         if on_round:
             on_round(res)
@@ -185,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="selfevolve bench distill", description=__doc__)
     p.add_argument("--train-limit", type=int, default=None, help="train examples per task (default: all)")
     p.add_argument("--test-limit", type=int, default=None, help="test examples per task (default: all)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per round (default: 1 epoch)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per round (default: --epochs)")
+    p.add_argument("--epochs", type=float, default=1.0, help="epochs per round when --steps is not given")
+    p.add_argument("--curve", default="", help="comma-separated epochs within a round at which to evaluate too, "
+                                               "e.g. 0.25,0.5,1 (the learning curve)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--tasks", default="arc,gsm8k")
@@ -199,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     settings = Settings()
     base = DistillConfig(batch_size=args.batch_size, lr=args.lr, log_every=5)
-    base = replace(base, steps=args.steps) if args.steps else replace(base, epochs=1.0)
+    base = replace(base, steps=args.steps) if args.steps else replace(base, epochs=args.epochs)
+    curve = tuple(float(x) for x in args.curve.split(",") if x.strip())
     # Tasks run separately (each is long on 2 cores) share one results file: keep the others' results.
     previous = json.loads(args.out.read_text()).get("tasks", {}) if args.out.exists() else {}
     out: dict = {"tasks": previous,
@@ -225,14 +246,14 @@ def main(argv: list[str] | None = None) -> int:
                          "always_one_letter": {x: golds.count(x) / len(golds) for x in LETTERS}}
             name = "arc" if args.arc_target == "option" else "arc_letter"
             evaluate = eval_arc_options if args.arc_target == "option" else eval_arc
-            out["tasks"][name] = {**run_task(name, tr, te, base, settings, evaluate, save(name)),
+            out["tasks"][name] = {**run_task(name, tr, te, base, settings, evaluate, save(name), curve),
                                   "reference": reference, "run": run_info}
         elif task == "gsm8k":
             tr = gsm8k_examples(settings.data_dir, "train", args.train_limit)
             te = gsm8k_examples(settings.data_dir, "test", args.test_limit)
             out["tasks"]["gsm8k"] = run_task(
                 "gsm8k", tr, te, base, settings,
-                lambda s, ex: eval_gsm8k(s, ex, max_new_tokens=args.max_new_tokens), save("gsm8k"))
+                lambda s, ex: eval_gsm8k(s, ex, max_new_tokens=args.max_new_tokens), save("gsm8k"), curve)
             out["tasks"]["gsm8k"]["run"] = run_info
         else:
             p.error(f"unknown task {task}")

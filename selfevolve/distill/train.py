@@ -7,7 +7,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -40,9 +40,12 @@ def lr_at(step: int, total: int, cfg: DistillConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def train(cfg: DistillConfig, student: Student, examples: list[Example], teacher: nn.Module | None = None) -> dict:
+def train(cfg: DistillConfig, student: Student, examples: list[Example], teacher: nn.Module | None = None,
+          on_step: Callable[[int], None] | None = None) -> dict:
     """Train student on examples for cfg.total_steps; returns the loss history and wall time.
-    With a local `teacher` LM sharing the tokenizer, the response loss is token-level KL to its logits."""
+    With a local `teacher` LM sharing the tokenizer, the response loss is token-level KL to its logits.
+    on_step(steps done) runs after every optimizer step (a learning curve evaluates there), its own time
+    not counted in wall_s."""
     if not examples:
         raise TrainingError("no examples to distil from")
     tok = student.tokenizer
@@ -91,6 +94,12 @@ def train(cfg: DistillConfig, student: Student, examples: list[Example], teacher
 
         for k, v in zip(hist, (loss, l_r, l_rs, l_m)):
             hist[k].append(float(v.detach()))
+        if on_step is not None:
+            t_cb = time.perf_counter()
+            student.eval()
+            on_step(step + 1)
+            student.train()
+            t0 += time.perf_counter() - t_cb
         if cfg.log_every and (step % cfg.log_every == 0 or step == total - 1):
             print(f"step {step}/{total}: loss {hist['loss'][-1]:.4f} (response {hist['response'][-1]:.4f}, "
                   f"reasoning {hist['reasoning'][-1]:.4f}, metric {hist['metric'][-1]:.4f})", flush=True)

@@ -208,3 +208,25 @@ def test_option_scoring_with_the_shared_prompt_cache_matches_full_passes(tiny_ba
             scores[letter] = sum(logp[start + k - 1, t].item() for k, t in enumerate(body)) / len(body)
         want.append(max(scores, key=scores.get))
     assert extra["picked"] == {x: want.count(x) for x in "ABCD"}
+
+
+def test_learning_curve_evaluates_inside_each_round(tiny_base, settings):
+    """--curve evaluates at the given epochs of a round, in eval mode, and the round's own result closes it."""
+    from selfevolve.bench.distill import run_task
+
+    torch.set_num_threads(1)
+    modes = []
+
+    def evaluate(student, examples):
+        modes.append(student.training)
+        return [True, False], [0.5, 0.5], {}
+
+    cfg = DistillConfig(base_model=str(tiny_base), epochs=2.0, batch_size=1, lr=1e-2, warmup_steps=0, log_every=0)
+    res = run_task("t", _examples(), _examples(), cfg, settings, evaluate, curve=(0.5, 1.0))
+    assert res["steps_per_epoch"] == 2
+    for name in ("response_only", "multi_aspect"):
+        points = res["rounds"][name]["curve"]
+        assert [(p["epochs"], p["step"]) for p in points] == [(0.5, 1), (1.0, 2), (2.0, 4)]
+        assert all(p["accuracy"]["mean"] == 0.5 for p in points)
+    assert [(p["epochs"], p["step"]) for p in res["rounds"]["before"]["curve"]] == [(0.0, 0)]
+    assert len(modes) == 1 + 2 * 3 and not any(modes), "every evaluation runs with the student in eval mode"
