@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     # Records one poll may hand the router and the scorer: each batch waits once for the broker's acks.
     router_batch_size: int = 128
     scorer_batch_size: int = 500
+    scorer_done_keep: int = 200_000  # answered-query markers the scorer keeps (memory and restore time)
     web_port: int = 16066
     exactly_once: bool = False
 

@@ -104,7 +104,7 @@ def assign(state: Mapping, vec: Sequence[float], text: str = "") -> tuple[dict, 
         a, b, pair_cost = _cheapest_pair(out["centroids"], out["counts"])
         n = out["counts"][i]
         if pair_cost < n / (n + 1) * (2.0 - 2.0 * sim):
-            _merge(out, a, b)
+            _merge(out, a, b)  # room for a new domain: `far` stands
         else:
             far = False
     if far:
@@ -114,8 +114,7 @@ def assign(state: Mapping, vec: Sequence[float], text: str = "") -> tuple[dict, 
         out["terms"].append({})
         out["ids"].append(out["next_id"])
         out["next_id"] += 1
-    else:
-        i = _nearest(out, v)[0]
+    else:  # the centroids did not move since the search above: i is still the nearest
         out["centroids"][i] = _mean(out["centroids"][i], out["counts"][i], v, 1)
         out["counts"][i] += 1
     words = terms(text[-state["tail_chars"]:] if state["tail_chars"] > 0 else text)

@@ -38,10 +38,15 @@ class ChangelogTable:
         self.data.setdefault(partition, {})[key] = value
         self.pending[(partition, key)] = value
 
+    def delete(self, partition: int, key: str) -> None:
+        """Forget key; the next flush() writes a tombstone, which compaction then removes with the key."""
+        self.data.get(partition, {}).pop(key, None)
+        self.pending[(partition, key)] = None
+
     async def flush(self, send: Send) -> None:
         """Write the staged values and wait for the broker to hold all of them."""
         staged, self.pending = self.pending, {}
-        acks = [await send(self.topic, key.encode(), json.dumps(value).encode(), partition)
+        acks = [await send(self.topic, key.encode(), None if value is None else json.dumps(value).encode(), partition)
                 for (partition, key), value in staged.items()]
         for ack in acks:
             await ack

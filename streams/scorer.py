@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 
 from selfevolve import arbiter, learning
 from selfevolve.errors import DecodeError, ValidationError
@@ -40,6 +41,16 @@ class Scorer:
         self.rt, self.core = rt, core
         self.table = ChangelogTable(rt.settings, "scorer-state")
         self.states: dict[tuple[int, str], arbiter.State] = {}  # (partition, query id) -> live state
+        # Answered queries, oldest first: their markers are kept for the last `scorer_done_keep` only, so
+        # memory and restore time stay bounded (a re-sent decision older than that is answered again).
+        self.done: OrderedDict[tuple[int, str], None] = OrderedDict()
+
+    def _mark_done(self, partition: int, qid: str) -> None:
+        self.table.put(partition, qid, DONE)
+        self.done[(partition, qid)] = None
+        while len(self.done) > self.rt.settings.scorer_done_keep:
+            p, q = self.done.popitem(last=False)[0]
+            self.table.delete(p, q)
 
     def fold(self, events: list[tuple[int, str, dict]]) -> list[tuple[dict, object, list]]:
         """Fold (partition, kind, record) events in order; returns (decision record, Decision, outputs) per event
@@ -67,20 +78,23 @@ class Scorer:
             state, outputs = arbiter.step(state, event)
             if any(isinstance(o, arbiter.Verdict) for o in outputs):
                 self.states.pop(key, None)
-                after = DONE
+                self._mark_done(partition, qid)
             else:
                 self.states[key] = state
-            self.table.put(partition, qid, after)
+                self.table.put(partition, qid, after)
             out.append((decision, state.decision, outputs))
         return out
 
     def drop(self, partitions: set[int]) -> None:
         self.table.drop(partitions)
         self.states = {k: v for k, v in self.states.items() if k[0] not in partitions}
+        self.done = OrderedDict((k, None) for k in self.done if k[0] not in partitions)
 
     async def restore(self, partitions: set[int]) -> None:
         self.drop(partitions)  # what this worker held of them before is stale: another may have moved on
         await self.table.restore(partitions)
+        for p in partitions:  # restored in changelog order, which is the order they were answered
+            self.done.update(((p, q), None) for q, v in self.table.data.get(p, {}).items() if v.get("done"))
 
 
 def _rebuild(entry: dict, weights) -> arbiter.State:

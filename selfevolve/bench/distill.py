@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(out, indent=1))
     run_info["wall_s"] = time.perf_counter() - t0
     args.out.write_text(json.dumps(out, indent=1))
+    from selfevolve.bench.plotting import plot_learning_curves
+
+    plot_learning_curves(out["tasks"], args.out.with_name("distill_curve.png"))
     for name, r in out["tasks"].items():
         if "multi_minus_before" not in r:
             continue  # a task cut short earlier

@@ -32,3 +32,37 @@ def plot_quality(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_learning_curves(tasks: dict, path: Path) -> None:
+    """Test accuracy against epochs of distillation, one panel per task, with bootstrap 95% bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = {k: t for k, t in tasks.items() if any(len(r.get("curve", [])) > 1 for r in t["rounds"].values())}
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4), squeeze=False)
+    for ax, (task, t) in zip(axes[0], shown.items()):
+        before = t["rounds"]["before"]["accuracy"]
+        for i, (name, r) in enumerate(t["rounds"].items()):
+            pts = ([{"epochs": 0.0, "accuracy": before}] if name != "before" else []) + r.get("curve", [])
+            x = [p["epochs"] for p in pts]
+            ax.plot(x, [p["accuracy"]["mean"] for p in pts], "o-", color=f"C{i}", label=name.replace("_", " "))
+            ax.fill_between(x, [p["accuracy"]["lo"] for p in pts], [p["accuracy"]["hi"] for p in pts],
+                            color=f"C{i}", alpha=0.15)
+        goal = before["mean"] + 0.10
+        ax.axhline(goal, color="grey", ls="--", lw=1, label="goal: before + 10 points")
+        if "reference" in t:
+            ax.axhline(t["reference"]["chance"], color="black", ls=":", lw=1, label="chance")
+        ax.set_xlabel("epochs over the teacher's training answers")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{task}: SmolLM2-135M student", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -92,6 +92,11 @@ def distill(d: dict) -> list[str]:
             ref = t["reference"]
             out += ["", f"Reference: chance {ref['chance']:.3f}; always one letter " + ", ".join(
                 f"{x} {v:.3f}" for x, v in ref["always_one_letter"].items()) + "."]
+        curves = {k: r["curve"] for k, r in t["rounds"].items() if len(r.get("curve", [])) > 1}
+        if curves:
+            out += ["", "Learning curve, test accuracy after each number of epochs (`distill_curve.png`): " + "; ".join(
+                f"{k.replace('_', ' ')} " + ", ".join(f"{p['epochs']:g}: {p['accuracy']['mean']:.3f}" for p in c)
+                for k, c in curves.items()) + "."]
         diffs = [(k, t[k]) for k in ("multi_minus_before", "multi_minus_response", "response_minus_before") if k in t]
         if diffs:
             out += [""] + ["; ".join(f"{k.replace('_', ' ')} {v['mean']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]"

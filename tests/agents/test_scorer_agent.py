@@ -176,3 +176,23 @@ def test_undecodable_event_goes_to_dead_letter_and_the_batch_goes_on(harness):
     (dl,) = h.of_kind("dead_letter")
     assert dl["offset"] == 99 and dl["reason"]
     assert h.of_kind("inference_request"), "the valid decision after it was still scored"
+
+
+def test_answered_markers_are_bounded_and_tombstoned(harness):
+    """Only the newest scorer_done_keep answered queries keep a marker; older ones leave with a tombstone."""
+    h = harness(scorer_done_keep=1)
+
+    async def run():
+        feed = Feed(h)
+        for qid in ("q-old", "q-new"):
+            _, rec = _decision(h, qid, MAMMAL)
+            await feed.put(("route_decision", rec))
+            reqs = [r for r in h.of_kind("inference_request") if r["query_id"] == qid]
+            await feed.put(*[("inference_response", _response(r, "B")) for r in reqs])
+        return feed.scorer
+
+    scorer = asyncio.run(run())
+    assert {a["query_id"] for a in h.of_kind("answer")} == {"q-old", "q-new"}
+    assert list(scorer.done) == [(0, "q-new")]
+    assert scorer.table.get(0, "q-old") is None and scorer.table.get(0, "q-new") == {"done": True}
+    assert (h.rt.topics.prefix + "scorer-state-changelog", b"q-old", None, 0) in h.raw, "no tombstone for q-old"

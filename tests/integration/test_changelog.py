@@ -1,4 +1,5 @@
-"""The scorer's changelog-backed table against the real broker: only committed writes survive a restart."""
+"""The scorer's changelog-backed table against the real broker: committed writes and tombstones survive a
+restart, aborted writes do not."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ def test_restore_reads_back_committed_writes_and_skips_aborted_ones(make_setting
         async with producer.transaction():
             await table.flush(send)
         assert table.pending == {}
+        table.delete(3, "q2")  # a tombstone: the key is gone after a restore
+        async with producer.transaction():
+            await table.flush(send)
         table.put(3, "q3", {"decision": "d3", "responses": []})
         try:
             async with producer.transaction():
@@ -36,5 +40,5 @@ def test_restore_reads_back_committed_writes_and_skips_aborted_ones(make_setting
         return read, fresh.data
 
     read, data = asyncio.run(run())
-    assert data == {0: {"q1": {"decision": "d1", "responses": ["r1"]}}, 3: {"q2": {"done": True}}}
-    assert read == 2, "one write per key per flush, and the aborted one is not read"
+    assert data == {0: {"q1": {"decision": "d1", "responses": ["r1"]}}, 3: {}}
+    assert read == 3, "one write per key per flush, the tombstone, and not the aborted write"

@@ -27,3 +27,23 @@ def test_readme_tables_match_the_json():
     for line in render(RESULTS).splitlines():
         if line.startswith("|"):
             assert line in readme, f"README is stale; rerun python -m selfevolve.bench.report: {line}"
+
+
+def test_learning_curves_render_and_plot(tmp_path):
+    from selfevolve.bench.plotting import plot_learning_curves
+
+    def acc(m):
+        return {"mean": m, "lo": m - 0.04, "hi": m + 0.04}
+
+    def rnd(points):
+        return {"accuracy": acc(points[-1][1]), "ece": 0.1, "train_wall_s": 1, "eval_wall_s": 1,
+                "curve": [{"epochs": e, "step": int(e * 10), "accuracy": acc(a), "ece": 0.1} for e, a in points]}
+
+    task = {"n_train": 10, "n_test": 5, "run": {"args": {"tasks": "arc"}},
+            "rounds": {"before": rnd([(0.0, 0.25)]), "response_only": rnd([(0.5, 0.27), (1.0, 0.3)]),
+                       "multi_aspect": rnd([(0.5, 0.26), (1.0, 0.31)])}}
+    (tmp_path / "distill.json").write_text(json.dumps({"tasks": {"arc": task}}))
+    out = render(tmp_path)
+    assert "response only 0.5: 0.270, 1: 0.300" in out and "multi aspect 0.5: 0.260, 1: 0.310" in out
+    plot_learning_curves({"arc": task}, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 1000
