@@ -68,8 +68,7 @@ def embed_rate(settings: Settings, texts: list[str], batch: int = 64) -> dict:
     t0 = time.perf_counter()
     cold.encode(distinct)
     cold_s = time.perf_counter() - t0
-    warm = Embedder(settings)
-    warm._model = cold._model
+    warm = cold.with_cache_size(settings.embed_cache_size)
     t0 = time.perf_counter()
     for i in range(0, len(texts), batch):
         warm.encode(texts[i : i + batch])

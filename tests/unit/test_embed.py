@@ -65,3 +65,14 @@ def test_cached_results_equal_uncached_results(texts, size):
     for chunk in (texts[: len(texts) // 2], texts[len(texts) // 2:]):
         np.testing.assert_array_equal(cached.encode(chunk), plain.encode(chunk))
     assert len(cached._cache) <= size
+
+
+def test_a_second_embedder_shares_the_model_but_not_the_cache():
+    from selfevolve.config import Settings
+    from selfevolve.embed import Embedder
+
+    cold = Embedder(Settings(), cache_size=0)
+    warm = cold.with_cache_size(10)
+    a, b = cold.encode(["a river"]), warm.encode(["a river", "a river"])
+    assert warm._model is cold._model and np.allclose(a[0], b[0], atol=1e-6)
+    assert (warm.hits, warm.misses) == (1, 1) and (cold.hits, cold.misses) == (0, 1)
