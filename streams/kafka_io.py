@@ -86,8 +86,9 @@ async def transactional_producer(settings: Settings, name: str) -> AIOKafkaProdu
     one transaction, so read_committed readers see each batch once or not at all. The stable id makes a
     restarted worker fence its killed predecessor and abort that one's open transaction: start it before
     the consumer, so a restore reads past the aborted writes. One live process per id (per topic prefix)."""
+    # A batch whose answers run code checks (up to 3 s each) can outlast the 60 s default before it commits.
     p = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=2,
-                         transactional_id=group_id(settings, name))
+                         transactional_id=group_id(settings, name), transaction_timeout_ms=300_000)
     await p.start()
     return p
 

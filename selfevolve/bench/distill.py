@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curve", default="", help="comma-separated epochs within a round at which to evaluate too, "
                                                "e.g. 0.25,0.5,1 (the learning curve)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--tasks", default="arc,gsm8k")
     p.add_argument("--arc-target", choices=("option", "letter"), default="option",
                    help="ARC: train on the teacher's letter written out as its option and read the student's "
