@@ -78,7 +78,7 @@ def distill(d: dict) -> list[str]:
     out = ["### Distillation (`bench/results/distill.json`)"]
     for task, t in d["tasks"].items():
         run = t.get("run", d)  # older files kept one run's arguments at the top
-        a = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in run["args"].items() if k != "out" and v != "None")
+        a = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in run["args"].items() if k != "out" and v not in ("None", ""))
         out += ["", f"{task}: {t['n_train']} training and {t['n_test']} test questions "
                 f"(`python -m selfevolve.bench.distill {a}`).", "",
                 "| student | accuracy [95% bootstrap] | ECE | train s | eval s |", "|---|---|---|---|---|"]
