@@ -47,3 +47,11 @@ def test_learning_curves_render_and_plot(tmp_path):
     assert "response only 0.5: 0.270, 1: 0.300" in out and "multi aspect 0.5: 0.260, 1: 0.310" in out
     plot_learning_curves({"arc": task}, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_empty_and_unset_arguments_are_left_out_of_the_command(tmp_path):
+    rnd = {"accuracy": {"mean": 0.3, "lo": 0.2, "hi": 0.4}, "ece": 0.1, "train_wall_s": 1, "eval_wall_s": 1}
+    task = {"n_train": 10, "n_test": 5, "rounds": {"before": rnd},
+            "run": {"args": {"epochs": 1.0, "curve": "", "steps": "None", "out": "x.json", "tasks": "gsm8k"}}}
+    (tmp_path / "distill.json").write_text(json.dumps({"tasks": {"gsm8k": task}}))
+    assert "(`python -m selfevolve.bench.distill --epochs 1.0 --tasks gsm8k`)" in render(tmp_path)
