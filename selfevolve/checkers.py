@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 import os
 import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 CHOICE, CODE, TEXT = "choice", "code", "text"
@@ -88,3 +90,14 @@ def run_code(answer: str, timeout_s: float = 3.0) -> CodeCheck:
             return CodeCheck(True, False, asserts, "timeout")
     err = p.stderr.decode(errors="replace").strip().splitlines()
     return CodeCheck(True, p.returncode == 0, asserts, err[-1] if err and p.returncode else "")
+
+
+def run_many(answers: Iterable[str], workers: int = 4, timeout_s: float = 3.0) -> list[CodeCheck]:
+    """run_code() of each distinct answer, `workers` subprocesses at a time; run_code's cache keeps the
+    results. A scorer that checks a batch's answers one by one waits out each child in turn (and a
+    looping answer for its whole time limit), while the children themselves barely use a core."""
+    distinct = list(dict.fromkeys(answers))
+    if workers <= 1 or len(distinct) <= 1:
+        return [run_code(a, timeout_s) for a in distinct]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda a: run_code(a, timeout_s), distinct))

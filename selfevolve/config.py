@@ -36,8 +36,11 @@ class Settings(BaseSettings):
     # Records one poll may hand the router and the scorer: each batch waits once for the broker's acks.
     router_batch_size: int = 128
     scorer_batch_size: int = 500
+    code_check_workers: int = 4  # answers' code the scorer runs at once (subprocesses that mostly wait)
     scorer_done_keep: int = 200_000  # answered-query markers the scorer keeps (memory and restore time)
+    # Each stream worker role serves /ready (and the history role /stats) on its own port.
     web_port: int = 16066
+    history_web_port: int = 16067
     exactly_once: bool = False
 
     # History store: chdb (embedded) unless a ClickHouse URL is given.

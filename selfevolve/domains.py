@@ -92,13 +92,27 @@ def _unit(vec: Sequence[float]) -> np.ndarray:
 
 def assign(state: Mapping, vec: Sequence[float], text: str = "") -> tuple[dict, int]:
     """Place one query; returns the new state and its domain id (ids are never reused)."""
-    v = _unit(vec)
-    i, sim = _nearest(state, v)
+    out, ids = assign_many(state, [vec], [text])
+    return out, ids[0]
+
+
+def assign_many(state: Mapping, vecs: Sequence[Sequence[float]],
+                texts: Sequence[str] | None = None) -> tuple[dict, list[int]]:
+    """assign() folded over a batch in order; the state is copied once per batch, not once per query (the
+    router places a whole poll at a time, and copying the document frequencies dominated)."""
     out = {**state, "centroids": list(state["centroids"]), "counts": list(state["counts"]),
            "terms": list(state["terms"]), "ids": list(state["ids"]), "merged": dict(state["merged"]),
-           "df": dict(state["df"]), "docs": state["docs"] + 1}
-    far = i < 0 or 1.0 - sim > state["radius"]
-    if far and len(out["centroids"]) >= state["max_domains"]:
+           "df": dict(state["df"])}
+    texts = texts if texts is not None else [""] * len(vecs)
+    return out, [_place(out, _unit(v), t) for v, t in zip(vecs, texts)]
+
+
+def _place(out: dict, v: np.ndarray, text: str) -> int:
+    """assign() on a state this call may change in place (all but its term bags, which are shared)."""
+    i, sim = _nearest(out, v)
+    out["docs"] += 1
+    far = i < 0 or 1.0 - sim > out["radius"]
+    if far and len(out["centroids"]) >= out["max_domains"]:
         # Ward's criterion both ways: merging the cheapest pair (often two stray singletons) or
         # stretching the nearest domain over this query, whichever spreads domains less.
         a, b, pair_cost = _cheapest_pair(out["centroids"], out["counts"])
@@ -117,15 +131,15 @@ def assign(state: Mapping, vec: Sequence[float], text: str = "") -> tuple[dict, 
     else:  # the centroids did not move since the search above: i is still the nearest
         out["centroids"][i] = _mean(out["centroids"][i], out["counts"][i], v, 1)
         out["counts"][i] += 1
-    words = terms(text[-state["tail_chars"]:] if state["tail_chars"] > 0 else text)
+    words = terms(text[-out["tail_chars"]:] if out["tail_chars"] > 0 else text)
     bag = dict(out["terms"][i])
     for w in words:
         bag[w] = bag.get(w, 0) + 1
         out["df"][w] = out["df"].get(w, 0) + 1
-    out["terms"][i] = _prune(bag, state["max_terms"])
-    if len(out["df"]) > 8 * state["max_terms"]:
-        out["df"] = _prune(out["df"], 8 * state["max_terms"])
-    return out, out["ids"][i]
+    out["terms"][i] = _prune(bag, out["max_terms"])
+    if len(out["df"]) > 8 * out["max_terms"]:
+        out["df"] = _prune(out["df"], 8 * out["max_terms"])
+    return out["ids"][i]
 
 
 def _merge(out: dict, a: int, b: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -143,8 +143,9 @@ class History:
         try:
             faiss.write_index(self.index, str(directory / "index.faiss"))
             with open(directory / "records.jsonl", "w") as f:
-                for r in self.records:
-                    f.write(json.dumps(asdict(r)) + "\n")
+                # vars(), not asdict(): a Record holds no nested dataclass, and asdict's deep copy made a
+                # snapshot of 20k records hold the stream worker's loop for 0.7 s instead of 0.15 s.
+                f.writelines(json.dumps(vars(r)) + "\n" for r in self.records)
             meta = {"dim": self.dim, "flat_limit": self.flat_limit, "hnsw_m": self.hnsw_m,
                     "ef_search": self.ef_search}
             (directory / "meta.json").write_text(json.dumps(meta))

@@ -1,4 +1,4 @@
-"""The Faust application: build the app from Settings and register every agent module on it."""
+"""The Faust applications: one per stream-worker role, built from Settings with that role's agent modules."""
 
 from __future__ import annotations
 
@@ -7,27 +7,39 @@ import sys
 import faust
 
 from selfevolve.config import Settings
+from selfevolve.errors import ConfigError
 from streams.runtime import Runtime
 
-AGENT_MODULES = ("streams.router", "streams.scorer", "streams.feedback", "streams.sink", "streams.stats",
-                 "streams.gaps", "streams.metalearner", "streams.model_events")
+# Two processes, so the stream work uses both cores of a small host (one Python event loop saturated a
+# core at ~110 q/s). `serve` is the answer path and owns the routing history in memory: routing, scoring,
+# feedback. `history` is everything downstream of the answers: the ClickHouse sink and SQL endpoint, the
+# statistics and gap tables, the meta-learner. They share state only through topics: model events and
+# strategy changes made in one reach the other's evolution followers (streams/model_events.py).
+ROLES = {
+    "serve": ("streams.router", "streams.scorer", "streams.feedback", "streams.model_events"),
+    "history": ("streams.sink", "streams.stats", "streams.gaps", "streams.metalearner", "streams.model_events"),
+}
+AGENT_MODULES = tuple(dict.fromkeys(m for mods in ROLES.values() for m in mods))
 
 
-def create_app(settings: Settings, modules: tuple[str, ...] = AGENT_MODULES) -> tuple[faust.App, Runtime]:
+def create_app(settings: Settings, modules: tuple[str, ...] | None = None,
+               role: str = "serve") -> tuple[faust.App, Runtime]:
+    if role not in ROLES:
+        raise ConfigError(f"unknown stream worker role {role!r}; expected one of {', '.join(ROLES)}")
     rt = Runtime.build(settings)
     app = faust.App(
-        # The id is the consumer group and changelog prefix: one per topic prefix keeps stacks apart.
-        f"{settings.topic_prefix}streams".replace(".", "-"),
+        # The id is the consumer group and changelog prefix: one per role and topic prefix keeps them apart.
+        f"{settings.topic_prefix}{'streams' if role == 'serve' else 'history'}".replace(".", "-"),
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
-        datadir=str(settings.home / "faust"),
+        datadir=str(settings.home / f"faust-{role}"),
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         processing_guarantee="exactly_once" if settings.exactly_once else "at_least_once",
         web_enabled=True,
         web_bind="127.0.0.1",
-        web_port=settings.web_port,
+        web_port=settings.web_port if role == "serve" else settings.history_web_port,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=4096,
     )
@@ -39,25 +51,31 @@ def create_app(settings: Settings, modules: tuple[str, ...] = AGENT_MODULES) -> 
         assigned = app.consumer.assignment() if app.consumer else set()
         # Tables must be rebuilt from their changelogs before their state means anything.
         recovered = app.tables.recovery.completed.is_set() and not app.in_recovery
-        return web.json({"ready": bool(assigned) and recovered, "partitions": len(assigned),
+        return web.json({"ready": bool(assigned) and recovered, "role": role, "partitions": len(assigned),
                          "recovered": recovered})
 
     import importlib
 
-    for name in modules:
+    for name in modules if modules is not None else ROLES[role]:
         importlib.import_module(name).register(app, rt)
     return app, rt
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m streams.app worker` runs the stream worker with settings from the environment."""
-    app, rt = create_app(Settings())
-    # Load the routing core and the embedding model before Faust starts consuming: done lazily by the first
-    # event, it held the event loop for ~8 s right after partitions were assigned, and in the SIGKILL test
-    # every such restart with a backlog skipped ~10 queries per partition (fetched, never delivered, then
-    # committed past by Faust's gap handling).
-    rt.routing()["embedder"].encode(["warm-up"])
-    sys.argv = [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
+    """`python -m streams.app [--role serve|history] worker ...` runs one stream worker; settings come from
+    the environment, the rest of the command line goes to Faust."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    role = "serve"
+    if args[:1] == ["--role"] and len(args) > 1:
+        role, args = args[1], args[2:]
+    app, rt = create_app(Settings(), role=role)
+    if role == "serve":
+        # Load the routing core and the embedding model before Faust starts consuming: done lazily by the
+        # first event, it held the event loop for ~8 s right after partitions were assigned, and in the
+        # SIGKILL test every such restart with a backlog skipped ~10 queries per partition (fetched, never
+        # delivered, then committed past by Faust's gap handling).
+        rt.routing()["embedder"].encode(["warm-up"])
+    sys.argv = [sys.argv[0], *args]
     app.main()
 
 

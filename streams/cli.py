@@ -112,7 +112,7 @@ def _setup_models(args, settings: Settings) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfevolve", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    up = sub.add_parser("up", help="start broker, stream worker and model workers in the background")
+    up = sub.add_parser("up", help="start broker, the two stream workers and model workers in the background")
     up.add_argument("--model-workers", type=int, default=1)
     up.add_argument("--backends", default="replay")
     up.add_argument("--live", action="store_true", help="also run the distillation trainer and a local-model worker")

@@ -25,17 +25,22 @@ STAGE_TABLES = ("queries", "route_decisions", "inference_requests", "inference_r
 
 
 def wait_ready(settings: Settings, timeout: float = 180.0) -> None:
-    """Block until the stream worker has partitions assigned (its /ready page says so)."""
+    """Block until both stream workers have partitions assigned and tables recovered (their /ready pages)."""
     deadline = time.time() + timeout
+    waiting = {"serve": settings.web_port, "history": settings.history_web_port}
     while time.time() < deadline:
-        try:
-            r = httpx.get(f"http://127.0.0.1:{settings.web_port}/ready", timeout=2)
-            if r.status_code == 200 and r.json().get("ready"):
-                return
-        except httpx.TransportError:
-            pass
+        for role, port in list(waiting.items()):
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2)
+                if r.status_code == 200 and r.json().get("ready"):
+                    del waiting[role]
+            except httpx.TransportError:
+                pass
+        if not waiting:
+            return
         time.sleep(1)
-    raise SelfEvolveError(f"stream worker not ready after {timeout:.0f}s; see {settings.home / 'logs'}")
+    raise SelfEvolveError(f"stream worker(s) {', '.join(waiting)} not ready after {timeout:.0f}s; "
+                          f"see {settings.home / 'logs'}")
 
 
 def demo_home(settings: Settings) -> Path:
@@ -58,7 +63,7 @@ def run_demo(settings: Settings, limit: int | None = None, warmup: int | None = 
                                                "distill_max_prompt_tokens": 128, "distill_max_answer_tokens": 64})
     stack = Stack(settings)
     t0 = time.time()
-    print(f"[demo] starting Kafka, the stream worker and a model worker (logs: {stack.logs})", flush=True)
+    print(f"[demo] starting Kafka, the two stream workers and a model worker (logs: {stack.logs})", flush=True)
     stack.up(live=live)
     try:
         wait_ready(settings)

@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from selfevolve import metalearn
-from streams.evolution import apply_strategy, recover
+from streams.evolution import apply_strategy
 from streams.runtime import now_ms
 
 
 def register(app, rt) -> None:
-    @app.task
-    async def recover_evolution():
-        await recover(rt)
-
     @app.timer(interval=rt.settings.metalearn_interval_s)
     async def tune_thresholds():
         store = rt.core.get("store")

@@ -1,13 +1,23 @@
-"""Model-events agent: hierarchy changes made elsewhere (trainer, operators) reach this router at once."""
+"""Evolution followers: hierarchy and threshold changes made in any process reach this worker at once."""
 
 from __future__ import annotations
 
-from streams.evolution import apply_model_event
+from streams.evolution import apply_model_event, apply_strategy, recover
 
 
 def register(app, rt) -> None:
+    @app.task
+    async def recover_evolution():
+        await recover(rt)
+
     @app.agent(rt.topic(rt.topics.model_events), name="model-events")
     async def model_events(stream):
         async for e in rt.records(stream, "model_event"):
             # Re-applying an event this worker made itself is harmless: roles are set, not toggled.
             apply_model_event(rt, e)
+
+    @app.agent(rt.topic(rt.topics.strategy), name="strategy")
+    async def strategy(stream):
+        # The meta-learner runs in the history role; the router it tunes runs in the serve role.
+        async for e in rt.records(stream, "strategy"):
+            apply_strategy(rt, e)

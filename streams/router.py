@@ -5,9 +5,9 @@ offsets commit in one Kafka transaction, so a crash re-routes the batch and no r
 a Faust agent, but after a SIGKILL and a restart with a backlog Faust's consumer sometimes skipped about
 one fetch of queries per partition and committed past them (tests/integration/test_pipeline.py); the
 router keeps no Faust table, so it does not need Faust's consumer. It routes what one poll returns as one
-batch: one embedding call (the embedder's exact-text cache serves repeats), one history search and one
-transaction. Queries of a batch do not see each other, which loses nothing: a query joins the history
-only when it is answered.
+batch: one embedding call (the embedder's exact-text cache serves repeats), one domain placement, one
+history search and one transaction. Queries of a batch do not see each other, which loses nothing: a query
+joins the history only when it is answered.
 """
 
 from __future__ import annotations
@@ -40,18 +40,12 @@ async def route_batch(rt, core, messages) -> None:
         # Off the loop: a cache miss costs the model ~45 ms per text on these cores.
         vecs = await asyncio.to_thread(core["embedder"].encode, [q["text"] for q in queries])
         t0 = time.perf_counter()
-        by_domain: dict[int, list[int]] = {}
-        for i, (q, vec) in enumerate(zip(queries, vecs)):
-            core["domains"], domain = domains.assign(core["domains"], vec, q["text"])
-            by_domain.setdefault(domain, []).append(i)
-        decided = [None] * len(queries)
-        for domain, idx in by_domain.items():
-            # The domain's own roles and activated students: evolution reaches routing at once.
-            router = core["router"].with_catalogue(catalogue_for(rt, domain))
-            found = router.route_many([RouteQuery(queries[i]["query_id"], queries[i]["text"], queries[i]["tenant"],
-                                                  vecs[i]) for i in idx])
-            for i, d in zip(idx, found):
-                decided[i] = (d, domain)
+        core["domains"], placed = domains.assign_many(core["domains"], vecs, [q["text"] for q in queries])
+        # Each domain's own roles and activated students: evolution reaches routing at once.
+        found = core["router"].route_many(
+            [RouteQuery(q["query_id"], q["text"], q["tenant"], vec) for q, vec in zip(queries, vecs)],
+            catalogues=[catalogue_for(rt, d) for d in placed])
+        decided = list(zip(found, placed))
         ms = (time.perf_counter() - t0) * 1000 / len(queries)  # each query's share of the batch's routing
         for q, vec, (d, domain) in zip(queries, vecs, decided):
             core["vectors"][q["query_id"]] = vec

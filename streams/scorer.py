@@ -6,7 +6,8 @@ The scorer reads `route-decisions` and `inference-responses` with its own aiokaf
 skipped events after a SIGKILL with a backlog). What one poll returns is one batch, in one Kafka
 transaction:
 
-1. every event is folded through `arbiter.step` (off the loop: scoring may run a response's code);
+1. every event is folded through `arbiter.step` (off the loop: scoring may run a response's code, and
+   the batch's code answers run concurrently first);
 2. the outputs (requests, scores, answers) are sent, and the broker's acknowledgements awaited;
 3. the changed logs are written to the changelog, and awaited;
 4. the batch's offsets are sent to the transaction, which commits.
@@ -23,7 +24,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 
-from selfevolve import arbiter, learning
+from selfevolve import arbiter, checkers, learning
 from selfevolve.errors import DecodeError, ValidationError
 from selfevolve.wire import (answer_record, decision_from_record, request_record, response_from_record,
                              score_records)
@@ -55,6 +56,7 @@ class Scorer:
     def fold(self, events: list[tuple[int, str, dict]]) -> list[tuple[dict, object, list]]:
         """Fold (partition, kind, record) events in order; returns (decision record, Decision, outputs) per event
         that moved a query on. Pure but for the table and the state cache; runs in a worker thread."""
+        self._check_code(events)
         out = []
         for partition, kind, record in events:
             qid = record["query_id"]
@@ -84,6 +86,21 @@ class Scorer:
                 self.table.put(partition, qid, after)
             out.append((decision, state.decision, outputs))
         return out
+
+    def _check_code(self, events: list[tuple[int, str, dict]]) -> None:
+        """Run the code of this batch's answers to code questions concurrently, ahead of the fold, so the
+        arbiter's scoring finds each check done (cached) instead of running them one after another."""
+        prompts = {(p, r["query_id"]): r for p, kind, r in events if kind == "route_decision"}
+        answers = []
+        for partition, kind, record in events:
+            if kind != "inference_response" or not record["answer"]:
+                continue
+            decision = prompts.get((partition, record["query_id"])) or (
+                self.table.get(partition, record["query_id"]) or {}).get("decision")
+            if decision is not None and checkers.kind(decision_from_record(decision).text) == checkers.CODE:
+                answers.append(record["answer"])
+        if answers:
+            checkers.run_many(answers, workers=self.rt.settings.code_check_workers)
 
     def drop(self, partitions: set[int]) -> None:
         self.table.drop(partitions)

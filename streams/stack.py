@@ -1,4 +1,4 @@
-"""Start, stop and report the local stack: Kafka broker, Faust stream worker, model workers."""
+"""Start, stop and report the local stack: Kafka broker, the two stream workers, model workers."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def broker_for(settings: Settings) -> KafkaBroker:
 def services(settings: Settings, model_workers: int = 1, backends: str = "replay",
              live: bool = False) -> list[Service]:
     py = sys.executable
-    out = [Service("streams", (py, "-m", "streams.app", "worker", "--loglevel", "info"))]
+    out = [Service("streams", (py, "-m", "streams.app", "--role", "serve", "worker", "--loglevel", "info")),
+           Service("history", (py, "-m", "streams.app", "--role", "history", "worker", "--loglevel", "info"))]
     out += [Service(f"model-worker-{i}", (py, "-m", "workers.model_worker", "--backends", backends,
                                           "--worker-id", str(i))) for i in range(model_workers)]
     if live:  # distillation: a trainer, and a worker that serves (and hot-loads) the local students

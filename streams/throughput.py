@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         data = base.replay_dir
     home = Path(tempfile.mkdtemp(prefix="selfevolve-bench-"))
     settings = Settings(home=home, kafka_bootstrap=f"127.0.0.1:{args.port}", web_port=args.port + 10,
-                        sql_port=args.port + 11, replay_dir=data, topic_prefix="bench.")
+                        history_web_port=args.port + 12, sql_port=args.port + 11, replay_dir=data, topic_prefix="bench.")
     ds = load_dir(data)
     rng = random.Random(args.seed)
     pool = list(ds.split("test").samples) or list(ds.samples)
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                       "qps_over_cached_embedding": result["qps"] / emb["stream_texts_per_s"]},
            "distinct_texts": len({s.prompt for s in picks}),
            "paper_claim_qps": 285, "data": str(data), "n": args.n, "warmup": args.warmup,
-           "machine": "2 shared CPU cores, one stream worker, one model worker, replay backend"}
+           "machine": "2 shared CPU cores, two stream workers (serve, history), one model worker, replay backend"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(json.dumps({k: out[k] for k in ("qps", "p50_ms", "p99_ms", "router_p50_ms", "ratios")}, indent=2))

@@ -139,19 +139,32 @@ class Router:
     def route(self, query: RouteQuery) -> Decision:
         return self.route_many([query])[0]
 
-    def route_many(self, queries: list[RouteQuery]) -> list[Decision]:
+    def route_many(self, queries: list[RouteQuery],
+                   catalogues: list[Catalogue] | None = None) -> list[Decision]:
         """route() for each query, with one embedding call and one history search for all of them. The
-        queries do not see each other: a query joins the history only once its answer is delivered."""
+        queries do not see each other: a query joins the history only once its answer is delivered.
+        catalogues, if given, is each query's own view (its domain's roles), as with_catalogue() would set."""
         if not queries:
             return []
+        if catalogues is not None and len(catalogues) != len(queries):
+            raise ConfigError(f"{len(catalogues)} catalogues for {len(queries)} queries")
+        routers = self._per_query(catalogues, len(queries))
         if not self.use_similarity:
-            return [self._decide(q, []) for q in queries]
+            return [r._decide(q, []) for r, q in zip(routers, queries)]
         missing = [i for i, q in enumerate(queries) if q.vector is None]
         if missing and self.embedder is None:
             raise ConfigError("the router needs an embedder or a query vector")
         fresh = dict(zip(missing, self.embedder.encode([queries[i].text for i in missing]))) if missing else {}
         vecs = np.stack([fresh[i] if q.vector is None else q.vector for i, q in enumerate(queries)])
-        return [self._decide(q, nb) for q, nb in zip(queries, self.history.search_many(vecs, self.k))]
+        # One search for the batch: FAISS takes its BLAS path from 20 queries up, ~9x faster per query.
+        found = self.history.search_many(vecs, self.k)
+        return [r._decide(q, nb) for r, q, nb in zip(routers, queries, found)]
+
+    def _per_query(self, catalogues: list[Catalogue] | None, n: int) -> list[Router]:
+        if catalogues is None:
+            return [self] * n
+        views: dict[int, Router] = {}
+        return [views.setdefault(id(c), self.with_catalogue(c)) for c in catalogues]
 
     def _decide(self, query: RouteQuery, neighbours: list) -> Decision:
         active = [s for s in self.catalogue.active()]

@@ -48,3 +48,12 @@ def test_empty_history_routes_in_parallel_with_the_query_metadata(harness):
     # Nothing is known yet, so similarity is 0 and the router explores several tiers.
     assert d["strategy"] == PARALLEL and d["similarity"] == 0.0 and len(d["models"]) >= 2
     assert d["metadata"] == {"sample_id": "q-1"} and d["plan"]
+
+
+def test_an_unknown_stream_worker_role_is_a_clear_error(tmp_path):
+    from selfevolve.config import Settings
+    from selfevolve.errors import ConfigError
+    from streams.app import create_app
+
+    with pytest.raises(ConfigError, match="unknown stream worker role 'routing'; expected one of serve, history"):
+        create_app(Settings(home=tmp_path), role="routing")

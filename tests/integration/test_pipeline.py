@@ -36,8 +36,8 @@ def free_ports(n: int) -> list[int]:
 
 @pytest.fixture
 def stack_settings(make_settings) -> Settings:
-    web, sql_port = free_ports(2)
-    return make_settings(web_port=web, sql_port=sql_port, sink_flush_seconds=0.5)
+    web, history_web, sql_port = free_ports(3)
+    return make_settings(web_port=web, history_web_port=history_web, sql_port=sql_port, sink_flush_seconds=0.5)
 
 
 @pytest.fixture
@@ -175,7 +175,7 @@ def test_sigkill_mid_stream_every_query_answered_exactly_once(stack, stack_setti
     # Let part of the stream through, then kill every worker hard, mid-flight.
     partial = asyncio.run(_read_all(stack_settings, topics.answers, "answer", n // 4, 180))
     assert 0 < len(partial) < n
-    for name in ("streams", "model-worker-0"):
+    for name in ("streams", "history", "model-worker-0"):
         stack.kill(name, sig=signal.SIGKILL, timeout=5)
     stack.up(with_broker=False)
     wait_ready(stack_settings, timeout=240)

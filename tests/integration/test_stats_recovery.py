@@ -1,4 +1,4 @@
-"""Faust stats tables recover from their changelog: kill the worker, restart, compare with the events."""
+"""Faust stats tables recover from their changelog: kill the history worker, restart, compare with the events."""
 
 from __future__ import annotations
 
@@ -37,14 +37,14 @@ async def _all_scores(settings, timeout: float = 30) -> list[dict]:
 
 
 def _tables(settings) -> dict:
-    r = httpx.get(f"http://127.0.0.1:{settings.web_port}/stats", timeout=30)
+    r = httpx.get(f"http://127.0.0.1:{settings.history_web_port}/stats", timeout=30)
     r.raise_for_status()
     return r.json()
 
 
 def test_stats_tables_match_their_events_after_sigkill(make_settings):
-    web, sql_port = free_ports(2)
-    settings = make_settings(web_port=web, sql_port=sql_port)
+    web, history_web, sql_port = free_ports(3)
+    settings = make_settings(web_port=web, history_web_port=history_web, sql_port=sql_port)
     stack = Stack(settings)
     stack.up(with_broker=False)
     try:
@@ -54,7 +54,7 @@ def test_stats_tables_match_their_events_after_sigkill(make_settings):
         time.sleep(3)
         before = _tables(settings)
         assert before["alltime"], "no statistics were kept"
-        stack.kill("streams", sig=signal.SIGKILL, timeout=5)
+        stack.kill("history", sig=signal.SIGKILL, timeout=5)
         stack.up(with_broker=False)
         wait_ready(settings, timeout=240)
         after = _tables(settings)

@@ -45,3 +45,25 @@ def test_code_that_never_ends_is_stopped():
 
 def test_no_code_is_reported():
     assert not checkers.run_code("I would use a loop.").has_code
+
+
+def test_run_many_checks_each_distinct_answer_as_run_code_does():
+    answers = ["```python\ndef f():\n    return 1\nassert f() == 1\n```", "no code here",
+               "```python\ndef g():\n    return 1\nassert g() == 2\n```", "no code here"]
+    got = checkers.run_many(answers, workers=3)
+    assert got == [checkers.run_code(a) for a in dict.fromkeys(answers)]
+    assert [c.passed_own_tests for c in got] == [True, False, False]
+
+
+def test_run_many_runs_the_checks_side_by_side(monkeypatch):
+    """Three checks that each wait for the other two can only finish if they run at the same time."""
+    import threading
+
+    barrier = threading.Barrier(3, timeout=20)
+
+    def waiting(answer, timeout_s=3.0):
+        barrier.wait()
+        return checkers.CodeCheck(True, True, 1)
+
+    monkeypatch.setattr(checkers, "run_code", waiting)
+    assert len(checkers.run_many(["a", "b", "c", "a"], workers=3)) == 3

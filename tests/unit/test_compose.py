@@ -58,3 +58,32 @@ def test_compose_runs_the_kafka_version_the_tests_run():
     pom = (ROOT / "infra" / "kafka" / "pom.xml").read_text()
     local = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom).group(1)
     assert COMPOSE["services"]["kafka"]["image"] == f"apache/kafka:{local}"
+
+
+def _roles(argvs) -> list[str]:
+    """The stream-worker roles a list of argv (entrypoint + command) runs, `serve` when none is named."""
+    out = []
+    for argv in argvs:
+        if "streams.app" in argv:
+            rest = argv[argv.index("streams.app") + 1:]
+            out.append(rest[1] if rest[:1] == ["--role"] else "serve")
+    return out
+
+
+def test_compose_and_the_local_stack_run_every_stream_worker_role_once():
+    from streams.app import ROLES
+    from streams.stack import services
+
+    compose = _roles([list(s["entrypoint"]) + list(s.get("command", [])) for s in OURS.values()])
+    local = _roles([list(s.argv) for s in services(Settings())])
+    assert sorted(compose) == sorted(ROLES) and sorted(local) == sorted(ROLES)
+
+
+def test_each_agent_runs_in_one_role_and_only_the_evolution_followers_in_both():
+    from streams.app import ROLES
+
+    serve, history = set(ROLES["serve"]), set(ROLES["history"])
+    assert serve & history == {"streams.model_events"}
+    # The answer path holds the routing history in memory; the sink holds the chdb directory.
+    assert {"streams.router", "streams.scorer", "streams.feedback"} <= serve
+    assert {"streams.sink", "streams.stats", "streams.gaps", "streams.metalearner"} <= history

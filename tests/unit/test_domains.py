@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from selfevolve import domains
@@ -137,3 +137,24 @@ def test_labels_skip_a_shared_few_shot_prefix():
     for q in ("Which gas do green plants absorb", "Why do green plants need gas exchange"):
         state, _ = domains.assign(state, [1.0, 0.0], prefix + q)
     assert "volcano" not in state["terms"][0] and "plants" in domains.label(state, 0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.floats(-1, 1), min_size=4, max_size=4).filter(
+    lambda v: 0.1 < float(np.linalg.norm(v))), min_size=1, max_size=25),
+    st.integers(0, 12), st.sampled_from([0.05, 0.3, 1.0]), st.integers(1, 4))
+def test_a_batch_places_each_query_as_one_at_a_time_would(vecs, split, radius, max_domains):
+    """assign_many copies the state once per batch: the result is the fold of assign(), and the
+    state it started from is left as it was."""
+    texts = [f"topic{i % 3} word{i}" for i in range(len(vecs))]
+    head, tail = vecs[:split], vecs[split:]
+    start, _ = _run(head, texts[:split], radius=radius, max_domains=max_domains)
+    before = json.dumps(start, sort_keys=True)
+    batched, ids = domains.assign_many(start, tail, texts[split:])
+    state, one_by_one = start, []
+    for v, t in zip(tail, texts[split:]):
+        state, d = domains.assign(state, v, t)
+        one_by_one.append(d)
+    assert ids == one_by_one
+    assert json.dumps(batched, sort_keys=True) == json.dumps(state, sort_keys=True)
+    assert json.dumps(start, sort_keys=True) == before

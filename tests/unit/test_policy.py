@@ -143,3 +143,26 @@ def test_a_batch_routes_each_query_as_it_would_alone(sims, lam):
     router = Router(Settings(), CAT, h, cost_lambda=lam)
     queries = [RouteQuery(f"q{i}", "t", vector=_at(max(min(s, 0.999), -0.999), base, i)) for i, s in enumerate(sims)]
     assert router.route_many(queries) == [router.route(q) for q in queries]
+
+
+@settings(max_examples=20, deadline=None)
+@given(picks=st.lists(st.integers(0, 2), min_size=1, max_size=10))
+def test_a_batch_with_a_catalogue_per_query_routes_each_as_that_view_would(picks):
+    """The stream router places a batch across domains, each with its own catalogue view, in one search."""
+    base = np.zeros(384, dtype=np.float32)
+    base[0] = 1
+    h = History()
+    for i in range(30):
+        h.add(_at(0.9, base, i + 10), Record(f"p{i}", costs=dict(COST), quality={"mid": 1.0, "small": 0.0}))
+    specs = list(CAT.active())
+    views = [CAT, Catalogue([s for s in specs if s.name != "mid"]), Catalogue([s for s in specs if s.name != "sup"])]
+    router = Router(Settings(), CAT, h, cost_lambda=0.1)
+    queries = [RouteQuery(f"q{i}", "t", vector=_at(0.3 + 0.06 * i, base, i)) for i in range(len(picks))]
+    got = router.route_many(queries, catalogues=[views[p] for p in picks])
+    assert got == [router.with_catalogue(views[p]).route(q) for p, q in zip(picks, queries)]
+
+
+def test_a_catalogue_per_query_must_match_the_queries():
+    router = Router(Settings(), CAT, History())
+    with pytest.raises(ConfigError, match="2 catalogues for 1 queries"):
+        router.route_many([RouteQuery("q", "t", vector=np.ones(384, np.float32))], catalogues=[CAT, CAT])
