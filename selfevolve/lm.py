@@ -63,14 +63,20 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def ensure_converted(settings: Settings) -> Path:
+    """The cached SmolLM2 conversion, made from the shipped GGUF the first time only."""
+    path = default_model_dir(settings)
+    if not _is_checkpoint(path):
+        convert_gguf(shipped_gguf(), path)
+    return path
+
+
 def load_causal_lm(model_path: Path | None, settings: Settings) -> tuple[Any, Any]:
     """(model, tokenizer) in eval mode: a local transformers dir, or the cached SmolLM2 conversion when None."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model_path is None:
-        model_path = default_model_dir(settings)
-        if not _is_checkpoint(model_path):
-            convert_gguf(shipped_gguf(), model_path)
+        model_path = ensure_converted(settings)
     if not Path(model_path).is_dir():
         raise TrainingError(f"base model {model_path} is not a local directory")
     try:

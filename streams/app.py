@@ -27,6 +27,7 @@ def create_app(settings: Settings, modules: tuple[str, ...] | None = None,
     if role not in ROLES:
         raise ConfigError(f"unknown stream worker role {role!r}; expected one of {', '.join(ROLES)}")
     rt = Runtime.build(settings)
+    rt.owns_history = role == "serve"
     app = faust.App(
         # The id is the consumer group and changelog prefix: one per role and topic prefix keeps them apart.
         f"{settings.topic_prefix}{'streams' if role == 'serve' else 'history'}".replace(".", "-"),

@@ -29,6 +29,9 @@ class Runtime:
     core: dict[str, Any] = field(default_factory=dict)
     _topics: dict[str, Any] = field(default_factory=dict)  # Faust topic objects, built once per name
     producer: Any = None  # an aiokafka producer to send through instead of Faust's (a task's transactions)
+    # Only the serve role learns a routing history and snapshots it; the history role must not read the
+    # snapshot, which the serve worker may be rewriting at that moment.
+    owns_history: bool = True
 
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":
@@ -48,12 +51,12 @@ class Runtime:
 
             catalogue = Catalogue.load(self.settings.catalogue)
             where = self.history_dir
-            history = History.load(where) if (where / "meta.json").exists() else History()
+            history = History.load(where) if self.owns_history and (where / "meta.json").exists() else History()
             embedder = Embedder(self.settings)
             from selfevolve import domains, hierarchy
 
             saved = where / "domains.json"
-            dom = (json.loads(saved.read_text()) if saved.exists()
+            dom = (json.loads(saved.read_text()) if self.owns_history and saved.exists()
                    else domains.initialize(self.settings.domain_radius, self.settings.max_domains))
             self.core.update(catalogue=catalogue, history=history, embedder=embedder, vectors={},
                              domains=dom, hierarchy=hierarchy.from_catalogue(catalogue),
@@ -62,6 +65,8 @@ class Runtime:
 
     def save(self) -> None:
         """Snapshot what the router learnt (history and domains) so a restart starts from it."""
+        if not self.owns_history:
+            return
         core = self.routing()
         core["history"].save(self.history_dir)
         (self.history_dir / "domains.json").write_text(json.dumps(core["domains"]))

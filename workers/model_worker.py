@@ -14,7 +14,7 @@ from selfevolve.catalogue import Catalogue
 from selfevolve.codec import Codec
 from selfevolve.config import Settings
 from selfevolve.deadletter import dead_letter
-from selfevolve.errors import DecodeError, ValidationError
+from selfevolve.errors import DecodeError, SelfEvolveError, ValidationError
 from selfevolve.serving import serve_request
 from selfevolve.topics import Topics
 
@@ -32,6 +32,8 @@ async def run(settings: Settings, backends_served: tuple[str, ...], worker_id: s
     catalogue = Catalogue.load(settings.catalogue)
     backends = {b: build_backend(b, settings, replay_dir=settings.replay_dir) for b in backends_served}
     reloads = asyncio.create_task(follow_versions(settings, codec, topics, backends)) if "local" in backends else None
+    preload = (asyncio.create_task(_preload(backends["local"], [s for s in catalogue if s.backend == "local"]))
+               if "local" in backends else None)
     consumer = AIOKafkaConsumer(
         *[topics.requests_for(b) for b in backends_served],
         bootstrap_servers=settings.kafka_bootstrap, group_id=GROUP,
@@ -59,10 +61,21 @@ async def run(settings: Settings, backends_served: tuple[str, ...], worker_id: s
                 offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()}
                 await producer.send_offsets_to_transaction(offsets, GROUP)
     finally:
-        if reloads is not None:
-            reloads.cancel()
+        for task in (reloads, preload):
+            if task is not None:
+                task.cancel()
         await consumer.stop()
         await producer.stop()
+
+
+async def _preload(backend, specs) -> None:
+    """Load the local models while the worker already consumes; a failure is logged, and each request then
+    reports it as its own error."""
+    try:
+        await backend.preload(specs)
+        log.info("preloaded %s", ",".join(s.name for s in specs))
+    except SelfEvolveError as e:
+        log.error("cannot preload local models: %s", e)
 
 
 async def follow_versions(settings: Settings, codec: Codec, topics: Topics, backends: dict) -> None:

@@ -114,6 +114,12 @@ class LocalBackend:
         live = {id(m) for m in self._models.values()} | {id(loaded)}
         self._cache = {k: v for k, v in self._cache.items() if id(v) in live}
 
+    async def preload(self, specs) -> None:
+        """Load these models now. A first request would otherwise wait out the load inside its own timeout
+        (loading SmolLM2 took 10 s to 50 s on these shared cores, against a 30 s backend timeout)."""
+        for spec in specs:
+            await self._ensure(spec)
+
     def loaded(self) -> tuple[str, ...]:
         return tuple(self._models)
 

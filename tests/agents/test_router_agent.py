@@ -57,3 +57,22 @@ def test_an_unknown_stream_worker_role_is_a_clear_error(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown stream worker role 'routing'; expected one of serve, history"):
         create_app(Settings(home=tmp_path), role="routing")
+
+
+def test_only_the_serve_role_reads_or_writes_the_routing_history(tmp_path):
+    """The history role must not load the snapshot the serve worker may be rewriting at that moment."""
+    import numpy as np
+
+    from selfevolve.config import Settings
+    from selfevolve.history import History, Record
+    from streams.app import create_app
+
+    settings = Settings(home=tmp_path, topic_prefix="roles.")
+    saved = History()
+    saved.add(np.ones(384, np.float32), Record("q1"))
+    saved.save(tmp_path / "history")
+    _, serve = create_app(settings, modules=(), role="serve")
+    _, history = create_app(settings, modules=(), role="history")
+    assert len(serve.routing()["history"]) == 1 and len(history.routing()["history"]) == 0
+    history.save()  # a no-op: the serve worker's snapshot stays as it was
+    assert len(History.load(tmp_path / "history")) == 1

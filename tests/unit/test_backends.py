@@ -287,3 +287,16 @@ def test_local_generates_and_hot_reloads(tmp_path: Path) -> None:
 
     with pytest.raises(BackendError, match="neither a model directory nor a distilled student"):
         run(backend.reload(tmp_path / "missing"))
+
+
+def test_preload_loads_each_local_model_once_before_any_request(monkeypatch) -> None:
+    """A local worker loads its models at start, so a first request does not spend its timeout on the load."""
+    from selfevolve.backends.local import LocalBackend
+
+    backend = LocalBackend(Settings())
+    loads: list[object] = []
+    monkeypatch.setattr(backend, "_load", lambda checkpoint, base: loads.append(checkpoint) or ("model", "tok"))
+    specs = [ModelSpec(name, "local", Role.STUDENT, 0, cost_per_call=0.0) for name in ("a", "b")]
+    run(backend.preload(specs))
+    assert backend.loaded() == ("a", "b")
+    assert loads == [None]  # both run the base SmolLM2: one copy of the weights

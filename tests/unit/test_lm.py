@@ -48,3 +48,23 @@ def test_other_models_are_named_by_local_path(tmp_path):
         load_causal_lm(tmp_path / "missing", Settings())
     with pytest.raises(TrainingError):
         load_causal_lm(tmp_path, Settings())  # a directory without a checkpoint
+
+
+def test_the_conversion_runs_once(tmp_path, monkeypatch):
+    """`selfevolve setup-models` (every `make demo`) converts the GGUF the first time only."""
+    from selfevolve import lm
+
+    settings = Settings(home=tmp_path, cache_dir=tmp_path / "cache")
+    made = []
+
+    def convert(gguf, out_dir):
+        made.append(out_dir)
+        out_dir.mkdir(parents=True)
+        (out_dir / "config.json").write_text("{}")
+        (out_dir / "model.safetensors").write_bytes(b"")
+        return out_dir
+
+    monkeypatch.setattr(lm, "convert_gguf", convert)
+    monkeypatch.setattr(lm, "shipped_gguf", lambda: tmp_path / "model.gguf")
+    assert lm.ensure_converted(settings) == lm.ensure_converted(settings) == default_model_dir(settings)
+    assert made == [default_model_dir(settings)]
