@@ -19,15 +19,13 @@ ROLES = {
     "serve": ("streams.router", "streams.scorer", "streams.feedback", "streams.model_events"),
     "history": ("streams.sink", "streams.stats", "streams.gaps", "streams.metalearner", "streams.model_events"),
 }
-AGENT_MODULES = tuple(dict.fromkeys(m for mods in ROLES.values() for m in mods))
 
 
 def create_app(settings: Settings, modules: tuple[str, ...] | None = None,
                role: str = "serve") -> tuple[faust.App, Runtime]:
     if role not in ROLES:
         raise ConfigError(f"unknown stream worker role {role!r}; expected one of {', '.join(ROLES)}")
-    rt = Runtime.build(settings)
-    rt.owns_history = role == "serve"
+    rt = Runtime.build(settings, owns_history=role == "serve")
     app = faust.App(
         # The id is the consumer group and changelog prefix: one per role and topic prefix keeps them apart.
         f"{settings.topic_prefix}{'streams' if role == 'serve' else 'history'}".replace(".", "-"),

@@ -34,8 +34,9 @@ class Runtime:
     owns_history: bool = True
 
     @classmethod
-    def build(cls, settings: Settings) -> "Runtime":
-        return cls(settings=settings, codec=Codec.from_dir(), topics=Topics.from_settings(settings))
+    def build(cls, settings: Settings, owns_history: bool = True) -> "Runtime":
+        return cls(settings=settings, codec=Codec.from_dir(), topics=Topics.from_settings(settings),
+                   owns_history=owns_history)
 
     def through(self, producer) -> "Runtime":
         """This runtime, sending through producer (shares settings, codec and core state)."""

@@ -90,14 +90,18 @@ class Scorer:
     def _check_code(self, events: list[tuple[int, str, dict]]) -> None:
         """Run the code of this batch's answers to code questions concurrently, ahead of the fold, so the
         arbiter's scoring finds each check done (cached) instead of running them one after another."""
-        prompts = {(p, r["query_id"]): r for p, kind, r in events if kind == "route_decision"}
+        decisions = {(p, r["query_id"]): r for p, kind, r in events if kind == "route_decision"}
+        is_code: dict[tuple[int, str], bool] = {}  # one prompt parse per query, not per response
         answers = []
         for partition, kind, record in events:
             if kind != "inference_response" or not record["answer"]:
                 continue
-            decision = prompts.get((partition, record["query_id"])) or (
-                self.table.get(partition, record["query_id"]) or {}).get("decision")
-            if decision is not None and checkers.kind(decision_from_record(decision).text) == checkers.CODE:
+            key = (partition, record["query_id"])
+            if key not in is_code:
+                decision = decisions.get(key) or (self.table.get(*key) or {}).get("decision")
+                is_code[key] = (decision is not None
+                                and checkers.kind(decision_from_record(decision).text) == checkers.CODE)
+            if is_code[key]:
                 answers.append(record["answer"])
         if answers:
             checkers.run_many(answers, workers=self.rt.settings.code_check_workers)

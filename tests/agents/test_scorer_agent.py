@@ -196,3 +196,33 @@ def test_answered_markers_are_bounded_and_tombstoned(harness):
     assert list(scorer.done) == [(0, "q-new")]
     assert scorer.table.get(0, "q-old") is None and scorer.table.get(0, "q-new") == {"done": True}
     assert (h.rt.topics.prefix + "scorer-state-changelog", b"q-old", None, 0) in h.raw, "no tombstone for q-old"
+
+
+CODE_Q = "Write a python function add(a, b) that returns a + b."
+
+
+def test_a_batchs_code_answers_are_checked_together_before_scoring(harness, monkeypatch):
+    """The scorer hands every code answer of a batch to run_many at once, whether the question's decision
+    came in the same batch or an earlier one; answers to other questions are not run."""
+    from streams import scorer as scorer_mod
+
+    calls: list[list[str]] = []
+    real = scorer_mod.checkers.run_many
+    monkeypatch.setattr(scorer_mod.checkers, "run_many",
+                        lambda answers, **kw: calls.append(list(answers)) or real(answers, **kw))
+    h = harness()
+
+    async def run():
+        feed = Feed(h)
+        _, code_rec = _decision(h, "c-1", CODE_Q)
+        _, choice_rec = _decision(h, "m-1", MAMMAL)
+        await feed.put(("route_decision", code_rec), ("route_decision", choice_rec))
+        reqs = h.of_kind("inference_request")
+        code = [r for r in reqs if r["query_id"] == "c-1"]
+        answers = [f"```python\ndef add(a, b):\n    return a + b + {i}\n```" for i in range(len(code))]
+        await feed.put(*[("inference_response", _response(r, a)) for r, a in zip(code, answers)],
+                       *[("inference_response", _response(r, "B")) for r in reqs if r["query_id"] == "m-1"])
+        return answers
+
+    answers = asyncio.run(run())
+    assert calls == [answers]
