@@ -21,14 +21,18 @@ ROLES = {
 }
 
 
+def app_id(settings: Settings, role: str) -> str:
+    """The Faust app id of a role: its consumer group and changelog prefix, one per role and topic prefix."""
+    return f"{settings.topic_prefix}{'streams' if role == 'serve' else 'history'}".replace(".", "-")
+
+
 def create_app(settings: Settings, modules: tuple[str, ...] | None = None,
                role: str = "serve") -> tuple[faust.App, Runtime]:
     if role not in ROLES:
         raise ConfigError(f"unknown stream worker role {role!r}; expected one of {', '.join(ROLES)}")
     rt = Runtime.build(settings, owns_history=role == "serve")
     app = faust.App(
-        # The id is the consumer group and changelog prefix: one per role and topic prefix keeps them apart.
-        f"{settings.topic_prefix}{'streams' if role == 'serve' else 'history'}".replace(".", "-"),
+        app_id(settings, role),
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
         datadir=str(settings.home / f"faust-{role}"),

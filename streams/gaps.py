@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from selfevolve import gaps, spawning
+from selfevolve import gaps, once, spawning
 from streams.evolution import apply_model_event
 
 
 def register(app, rt) -> None:
+    # Values are selfevolve.once entries, so a score redelivered after a crash is not folded twice.
     windows = app.Table("gap-windows", default=None, partitions=rt.settings.topic_partitions)
     spawner = app.Table("spawner", default=None, partitions=rt.settings.topic_partitions)
     mode = rt.settings.spawn_mode
@@ -14,28 +15,34 @@ def register(app, rt) -> None:
     @app.agent(rt.topic(rt.topics.scores), name="gaps")
     async def gap_agent(stream):
         core = rt.routing()
-        async for score in rt.records(stream, "score"):
+        async for score, at in rt.records_at(stream, "score"):
             if not score["winner"]:
                 continue  # one outcome per delivered answer: the winner's
             d = str(score["domain"])
+            if once.applied(windows.get(d), at):
+                continue
             # The scorer's no-gold correctness of the delivered answer stands in for "failed".
             outcome = {"domain": score["domain"], "confidence": score["confidence"],
                        "failed": score["correctness"] < 0.5, "ts_ms": score["ts_ms"]}
-            state, opened = gaps.step(windows.get(d) or gaps.initialize(rt.settings.window_size),
+            state, opened = gaps.step(once.value(windows.get(d), None) or gaps.initialize(rt.settings.window_size),
                                       outcome, rt.settings)
-            windows[d] = state
             for g in opened:
                 await rt.publish(rt.topics.gaps, "gap", g, key=d)
+                if once.applied(spawner.get(d), at):
+                    continue  # spawned for this score before a crash; its commands were acknowledged then
                 roster = {"hierarchy": core["hierarchy"], "stats": {},
                           # Cheapest first: a spawned student is meant to be cheap.
                           "reserve": [s.name for s in sorted(core["catalogue"].reserve(),
                                                              key=lambda s: (s.cost_per_call or 0.0, s.name))
                                       if s.backend in rt.settings.spawn_backends]}
-                sp, commands = spawning.step(spawner.get(d) or spawning.initialize(), g, roster,
-                                             rt.settings, mode)
-                spawner[d] = sp
+                sp, commands = spawning.step(once.value(spawner.get(d), None) or spawning.initialize(), g,
+                                             roster, rt.settings, mode)
                 for c in commands:
                     await rt.publish(rt.topics.spawns, "spawn", c, key=d)
                     for e in spawning.execute(c, roster):
                         apply_model_event(rt, e)
                         await rt.publish(rt.topics.model_events, "model_event", e, key=e["model"])
+                spawner[d] = once.advance(sp, at)
+            # Last, after every output is acknowledged: a crash before this line repeats the outputs, never
+            # loses them.
+            windows[d] = once.advance(state, at)

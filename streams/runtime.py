@@ -102,13 +102,18 @@ class Runtime:
 
     async def records(self, stream, kind: str):
         """Decoded records of `kind` from a raw stream; undecodable events go to dead-letter instead."""
+        async for record, _ in self.records_at(stream, kind):
+            yield record
+
+    async def records_at(self, stream, kind: str):
+        """(record, (partition, offset)) pairs, for agents that fold each source event exactly once."""
         async for event in stream.events():
             try:
                 record = self.codec.decode(kind, event.value)
             except (DecodeError, ValidationError) as e:
                 await self.dead_letter(event, e)
                 continue
-            yield record
+            yield record, (event.message.partition, event.message.offset)
 
     async def dead_letter(self, event, error: BaseException) -> None:
         await self.dead_letter_message(event.message, error)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from selfevolve import promotion, stats
+from selfevolve import once, promotion, stats
 from streams.evolution import apply_model_event
 from streams.runtime import now_ms
 
 
 def register(app, rt) -> None:
-    # Keyed by domain, like the scores topic, so each table is co-partitioned with its source.
+    # Keyed by domain, like the scores topic, so each table is co-partitioned with its source. Each value is
+    # a selfevolve.once entry: a score redelivered after a crash is not counted twice.
     alltime = app.Table("model-stats", default=None, partitions=rt.settings.topic_partitions)
     window = app.Table("model-stats-window", default=None, partitions=rt.settings.topic_partitions)
     empty_window = stats.window_initialize(rt.settings.window_size)
@@ -16,21 +17,28 @@ def register(app, rt) -> None:
     @app.agent(rt.topic(rt.topics.scores), name="stats")
     async def stats_agent(stream):
         core = rt.routing()
-        async for score in rt.records(stream, "score"):
+        async for score, at in rt.records_at(stream, "score"):
             if not score["contested"]:
                 continue  # a model called alone always "wins": only head-to-head answers count
             d = str(score["domain"])
-            alltime[d] = stats.table_agg(alltime.get(d) or {}, score)
-            window[d] = stats.table_agg(window.get(d) or {}, score, empty_window)
-            decided = promotion.decide(stats.table_result(alltime[d]), core["hierarchy"], rt.settings,
-                                       gated=rt.settings.promote_gated, ts_ms=now_ms())
-            for e in decided:
-                apply_model_event(rt, e)  # at once, so the next score does not decide it again
-                await rt.publish(rt.topics.model_events, "model_event", e, key=e["model"])
+            if not once.applied(alltime.get(d), at):
+                table = stats.table_agg(once.value(alltime.get(d), {}), score)
+                decided = promotion.decide(stats.table_result(table), core["hierarchy"], rt.settings,
+                                           gated=rt.settings.promote_gated, ts_ms=now_ms())
+                for e in decided:
+                    apply_model_event(rt, e)  # at once, so the next score does not decide it again
+                    await rt.publish(rt.topics.model_events, "model_event", e, key=e["model"])
+                # Written after the promotions are acknowledged: a crash in between repeats them (roles are
+                # set, not toggled), where the other order could record the score and lose the promotion.
+                alltime[d] = once.advance(table, at)
+            if not once.applied(window.get(d), at):
+                window[d] = once.advance(stats.table_agg(once.value(window.get(d), {}), score, empty_window), at)
 
     @app.page("/stats")
     async def stats_page(web, request):
-        """The tables as they stand: raw aggregator states and their results, per domain key."""
-        return web.json({"alltime": {k: v for k, v in alltime.items()},
-                         "window": {k: v for k, v in window.items()},
-                         "result": {k: stats.table_result(v) for k, v in alltime.items()}})
+        """The tables as they stand: aggregator states and their results per domain key, and the last score
+        position each domain has folded."""
+        return web.json({"alltime": {k: once.value(v, {}) for k, v in alltime.items()},
+                         "window": {k: once.value(v, {}) for k, v in window.items()},
+                         "result": {k: stats.table_result(once.value(v, {})) for k, v in alltime.items()},
+                         "positions": {k: v["at"] for k, v in alltime.items()}})

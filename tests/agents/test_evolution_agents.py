@@ -29,7 +29,7 @@ def test_stats_agent_folds_only_contested_scores_and_promotes_a_strong_student(h
     asyncio.run(run())
     table = h.app.tables["model-stats"]
     expected = stats.fold([e for e in events if e["contested"]])
-    assert dict(table["2"]) == expected
+    assert dict(table["2"]["value"]) == expected
     (letter,) = h.of_kind("dead_letter")
     assert "not Avro" in letter["reason"]
     (promo,) = h.of_kind("model_event")
@@ -54,3 +54,60 @@ def test_feedback_agent_learns_only_about_called_models(harness):
     asyncio.run(run())
     rec = core["history"].get("q1")
     assert rec.quality == {"m1": 1.0}  # m2 was never called: nothing is learnt about it
+
+
+def test_stats_agent_counts_a_redelivered_score_once(harness):
+    """Scores seen again after a crash (offsets not yet committed, tables restored) change nothing."""
+    h = harness("streams.stats", promote_min_n=3)
+    core = h.rt.routing()
+    student = next(s.name for s in core["catalogue"].active() if s.role == "student")
+    teacher = next(s.name for s in core["catalogue"].active() if s.role == "supervisor")
+    events = [_score(student, 2, True) for _ in range(3)]
+
+    async def run():
+        async with h.agent("stats").test_context() as agent:
+            for e in events:
+                await agent.put(h.rt.codec.encode("score", e))
+            await h.wait_for("model_event", 1, timeout=30)
+            agent.sent_offset = 1  # the consumer resumes from an older committed offset
+            for e in events[1:]:
+                await agent.put(h.rt.codec.encode("score", e))
+            await asyncio.sleep(0.5)
+            redelivered.extend(h.of_kind("model_event"))
+            await agent.put(h.rt.codec.encode("score", _score(teacher, 2, False)))  # a new one
+            await asyncio.sleep(0.5)
+
+    redelivered: list[dict] = []
+    asyncio.run(run())
+    assert h.app.tables["model-stats"]["2"]["value"] == stats.fold(events + [_score(teacher, 2, False)])
+    assert h.app.tables["model-stats"]["2"]["at"] == [0, 3]
+    assert h.app.tables["model-stats-window"]["2"]["at"] == [0, 3]
+    assert [(e["old_role"], e["new_role"]) for e in redelivered] == [("student", "ta")]  # not decided again
+    # A new score still decides: the student, now a TA with the same record, moves up one more step.
+    assert [(e["old_role"], e["new_role"]) for e in h.of_kind("model_event")] == [("student", "ta"),
+                                                                                   ("ta", "teacher")]
+
+
+def test_gap_agent_opens_and_spawns_once_when_scores_are_redelivered(harness):
+    h = harness("streams.gaps", window_size=4, gap_confidence=0.9, max_models_per_domain=12)
+    weak = [{**_score("m", 5, True), "confidence": 0.1, "correctness": 0.0} for _ in range(3)]
+
+    async def run():
+        async with h.agent("gaps").test_context() as agent:
+            for e in weak:
+                await agent.put(h.rt.codec.encode("score", e))
+            await h.wait_for("model_event", 1, timeout=30)
+            agent.sent_offset = 0
+            for e in weak:
+                await agent.put(h.rt.codec.encode("score", e))
+            await asyncio.sleep(0.5)
+
+    asyncio.run(run())
+    (gap,) = h.of_kind("gap")
+    assert (gap["domain"], gap["kind"]) == (5, "open")
+    (spawn,) = h.of_kind("spawn")
+    (activate,) = h.of_kind("model_event")
+    assert (spawn["domain"], activate["kind"], activate["new_role"]) == (5, "activate", "student")
+    window = h.app.tables["gap-windows"]["5"]
+    assert window["at"] == [0, 2] and window["value"]["domains"]["5"]["traffic"] == 3
+    assert h.app.tables["spawner"]["5"]["value"]["spawned"] == 1
