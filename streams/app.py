@@ -8,6 +8,7 @@ import faust
 
 from selfevolve.config import Settings
 from selfevolve.errors import ConfigError
+from streams.kafka_io import group_id
 from streams.runtime import Runtime
 
 # Two processes, so the stream work uses both cores of a small host (one Python event loop saturated a
@@ -23,7 +24,7 @@ ROLES = {
 
 def app_id(settings: Settings, role: str) -> str:
     """The Faust app id of a role: its consumer group and changelog prefix, one per role and topic prefix."""
-    return f"{settings.topic_prefix}{'streams' if role == 'serve' else 'history'}".replace(".", "-")
+    return group_id(settings, "streams" if role == "serve" else "history")
 
 
 def create_app(settings: Settings, modules: tuple[str, ...] | None = None,

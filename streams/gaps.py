@@ -19,23 +19,25 @@ def register(app, rt) -> None:
             if not score["winner"]:
                 continue  # one outcome per delivered answer: the winner's
             d = str(score["domain"])
-            if once.applied(windows.get(d), at):
+            entry = windows.get(d)
+            if once.applied(entry, at):
                 continue
             # The scorer's no-gold correctness of the delivered answer stands in for "failed".
             outcome = {"domain": score["domain"], "confidence": score["confidence"],
                        "failed": score["correctness"] < 0.5, "ts_ms": score["ts_ms"]}
-            state, opened = gaps.step(once.value(windows.get(d), None) or gaps.initialize(rt.settings.window_size),
+            state, opened = gaps.step(once.value(entry, None) or gaps.initialize(rt.settings.window_size),
                                       outcome, rt.settings)
             for g in opened:
                 await rt.publish(rt.topics.gaps, "gap", g, key=d)
-                if once.applied(spawner.get(d), at):
+                spawned = spawner.get(d)
+                if once.applied(spawned, at):
                     continue  # spawned for this score before a crash; its commands were acknowledged then
                 roster = {"hierarchy": core["hierarchy"], "stats": {},
                           # Cheapest first: a spawned student is meant to be cheap.
                           "reserve": [s.name for s in sorted(core["catalogue"].reserve(),
                                                              key=lambda s: (s.cost_per_call or 0.0, s.name))
                                       if s.backend in rt.settings.spawn_backends]}
-                sp, commands = spawning.step(once.value(spawner.get(d), None) or spawning.initialize(), g,
+                sp, commands = spawning.step(once.value(spawned, None) or spawning.initialize(), g,
                                              roster, rt.settings, mode)
                 for c in commands:
                     await rt.publish(rt.topics.spawns, "spawn", c, key=d)

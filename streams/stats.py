@@ -21,8 +21,9 @@ def register(app, rt) -> None:
             if not score["contested"]:
                 continue  # a model called alone always "wins": only head-to-head answers count
             d = str(score["domain"])
-            if not once.applied(alltime.get(d), at):
-                table = stats.table_agg(once.value(alltime.get(d), {}), score)
+            entry, win = alltime.get(d), window.get(d)
+            if not once.applied(entry, at):
+                table = stats.table_agg(once.value(entry, {}), score)
                 decided = promotion.decide(stats.table_result(table), core["hierarchy"], rt.settings,
                                            gated=rt.settings.promote_gated, ts_ms=now_ms())
                 for e in decided:
@@ -31,8 +32,8 @@ def register(app, rt) -> None:
                 # Written after the promotions are acknowledged: a crash in between repeats them (roles are
                 # set, not toggled), where the other order could record the score and lose the promotion.
                 alltime[d] = once.advance(table, at)
-            if not once.applied(window.get(d), at):
-                window[d] = once.advance(stats.table_agg(once.value(window.get(d), {}), score, empty_window), at)
+            if not once.applied(win, at):
+                window[d] = once.advance(stats.table_agg(once.value(win, {}), score, empty_window), at)
 
     @app.page("/stats")
     async def stats_page(web, request):

@@ -111,3 +111,64 @@ def test_gap_agent_opens_and_spawns_once_when_scores_are_redelivered(harness):
     window = h.app.tables["gap-windows"]["5"]
     assert window["at"] == [0, 2] and window["value"]["domains"]["5"]["traffic"] == 3
     assert h.app.tables["spawner"]["5"]["value"]["spawned"] == 1
+
+
+async def _hold_until_sent(h, kind: str, n: int = 1) -> None:
+    for _ in range(600):
+        if len(h.of_kind(kind)) >= n:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # room for a table write that must not come yet
+
+
+async def _release_until(h, done, timeout: float = 30) -> None:
+    for _ in range(int(timeout * 20)):
+        h.release_acks()
+        if done():
+            return
+        await asyncio.sleep(0.05)
+
+
+def test_stats_table_records_a_score_only_after_its_promotion_is_acknowledged(harness):
+    """A crash before the acknowledgement re-delivers the score; the table must not already hold it, or the
+    redelivery would be skipped and the promotion lost."""
+    h = harness("streams.stats", promote_min_n=3)
+    student = next(s.name for s in h.rt.routing()["catalogue"].active() if s.role == "student")
+    seen: dict = {}
+
+    async def run():
+        async with h.agent("stats").test_context() as agent:
+            h.hold_acks = True
+            task = asyncio.create_task(agent.put(h.rt.codec.encode("score", _score(student, 2, True))))
+            for _ in range(2):
+                await task
+                task = asyncio.create_task(agent.put(h.rt.codec.encode("score", _score(student, 2, True))))
+            await _hold_until_sent(h, "model_event")
+            seen["held"] = h.app.tables["model-stats"]["2"]["at"]
+            await _release_until(h, lambda: h.app.tables["model-stats"]["2"]["at"] == [0, 2])
+            seen["released"] = h.app.tables["model-stats"]["2"]["at"]
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(run())
+    assert seen == {"held": [0, 1], "released": [0, 2]}
+
+
+def test_gap_window_records_a_score_only_after_its_gap_and_spawn_are_acknowledged(harness):
+    h = harness("streams.gaps", window_size=4, gap_confidence=0.9, max_models_per_domain=12)
+    weak = {**_score("m", 5, True), "confidence": 0.1, "correctness": 0.0}
+    seen: dict = {}
+
+    async def run():
+        async with h.agent("gaps").test_context() as agent:
+            await agent.put(h.rt.codec.encode("score", weak))
+            h.hold_acks = True
+            task = asyncio.create_task(agent.put(h.rt.codec.encode("score", weak)))  # opens the gap
+            await _hold_until_sent(h, "gap")
+            seen["held"] = (h.app.tables["gap-windows"]["5"]["at"], h.app.tables["spawner"].get("5"))
+            await _release_until(h, lambda: h.app.tables["gap-windows"]["5"]["at"] == [0, 1])
+            seen["released"] = (h.app.tables["gap-windows"]["5"]["at"], h.app.tables["spawner"]["5"]["at"])
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(run())
+    assert seen == {"held": ([0, 0], None), "released": ([0, 1], [0, 1])}
+    assert [len(h.of_kind(k)) for k in ("gap", "spawn", "model_event")] == [1, 1, 1]
