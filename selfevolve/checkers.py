@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
-import os
+import logging
 import re
-import subprocess
-import sys
-import tempfile
+import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+from selfevolve import sandbox
+from selfevolve.errors import SandboxError
+from selfevolve.sandbox import Limits
+
+log = logging.getLogger("selfevolve.checkers")
 
 CHOICE, CODE, TEXT = "choice", "code", "text"
 
@@ -63,41 +67,43 @@ class CodeCheck:
         return self.ran and self.asserts > 0
 
 
-def _limit_child() -> None:  # pragma: no cover - runs in the child
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (512 * 2**20, 512 * 2**20))
-    resource.setrlimit(resource.RLIMIT_NPROC, (64, 64))
+DEFAULT_LIMITS = Limits()
+_unavailable_logged = threading.Event()
 
 
-@functools.lru_cache(maxsize=8192)
-def run_code(answer: str, timeout_s: float = 3.0) -> CodeCheck:
-    """Run the answer's code (its own examples and asserts) in an isolated subprocess with a timeout."""
+def run_code(answer: str, limits: Limits = DEFAULT_LIMITS) -> CodeCheck:
+    """Run the answer's code (its own examples and asserts) in the sandbox (selfevolve/sandbox.py).
+    If no sandbox can be made the code is not run at all: the check says so and credits nothing."""
     code = extract_code(answer)
     if not code.strip():
         return CodeCheck(False, False, 0, "no code")
     asserts = len(re.findall(r"^\s*assert\b", code, re.M))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "answer.py")
-        with open(path, "w") as f:
-            f.write(code)
-        try:
-            # -I: no user site or env vars; cwd is a throwaway dir; stdin closed so input() fails fast.
-            p = subprocess.run([sys.executable, "-I", path], cwd=tmp, stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=timeout_s, preexec_fn=_limit_child,
-                               env={"PATH": "/usr/bin:/bin"})
-        except subprocess.TimeoutExpired:
-            return CodeCheck(True, False, asserts, "timeout")
-    err = p.stderr.decode(errors="replace").strip().splitlines()
-    return CodeCheck(True, p.returncode == 0, asserts, err[-1] if err and p.returncode else "")
+    try:
+        return _run_sandboxed(code, asserts, limits)
+    except SandboxError as e:
+        if not _unavailable_logged.is_set():
+            _unavailable_logged.set()
+            log.error("code checks are off: %s", e)
+        return CodeCheck(True, False, asserts, f"sandbox unavailable: {e}")
 
 
-def run_many(answers: Iterable[str], workers: int = 4, timeout_s: float = 3.0) -> list[CodeCheck]:
-    """run_code() of each distinct answer, `workers` subprocesses at a time; run_code's cache keeps the
+@functools.lru_cache(maxsize=8192)
+def _run_sandboxed(code: str, asserts: int, limits: Limits) -> CodeCheck:
+    # An exception is never cached: a sandbox that could not be made is tried again next time.
+    r = sandbox.run_python(code, limits)
+    if r.timed_out:
+        return CodeCheck(True, False, asserts, "timeout")
+    err = r.stderr_tail.strip().splitlines()
+    error = (err[-1] if err else f"exit status {r.returncode}") if r.returncode else ""
+    return CodeCheck(True, r.returncode == 0, asserts, error)
+
+
+def run_many(answers: Iterable[str], workers: int = 4, limits: Limits = DEFAULT_LIMITS) -> list[CodeCheck]:
+    """run_code() of each distinct answer, `workers` sandboxes at a time; run_code's cache keeps the
     results. A scorer that checks a batch's answers one by one waits out each child in turn (and a
     looping answer for its whole time limit), while the children themselves barely use a core."""
     distinct = list(dict.fromkeys(answers))
     if workers <= 1 or len(distinct) <= 1:
-        return [run_code(a, timeout_s) for a in distinct]
+        return [run_code(a, limits) for a in distinct]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda a: run_code(a, timeout_s), distinct))
+        return list(pool.map(lambda a: run_code(a, limits), distinct))

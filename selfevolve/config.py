@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# The broker's message.max.bytes (Kafka's own default, rounded to 1 MiB) and every producer's
+# max_request_size: a record the producer accepts is one the broker accepts.
+KAFKA_MESSAGE_MAX_BYTES = 1024 * 1024
 
 
 def _project_root() -> Path:
@@ -28,26 +35,65 @@ class Settings(BaseSettings):
 
     # Kafka.
     kafka_bootstrap: str = "localhost:19092"
+    # "none": PLAINTEXT, no ACLs (the demo). "sasl": SASL/SCRAM-SHA-512 and the broker's ACLs per role;
+    # "sasl_ssl": the same over TLS, trusting kafka_ca_file. Each process has its own principal: username
+    # and password come from its secrets folder (secrets_dir), never from a child's environment.
+    kafka_security: Literal["none", "sasl", "sasl_ssl"] = "none"
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    kafka_ca_file: Path | None = None
+    # A folder of 0600 files named like the variables (selfevolve_kafka_password, ...), read by load().
+    # Its path is no secret; what it holds is.
+    secrets_dir: Path | None = None
     topic_prefix: str = "selfevolve."
     topic_partitions: int = 4
+    # How often a pattern subscription (queries.<T>, feedback.<T>) looks for new tenants' topics.
+    tenant_topic_refresh_ms: int = 10_000
     max_query_bytes: int = 32 * 1024
+    # A query record's encoded (and decompressed) size limit at the edge: produce refuses, the router
+    # dead-letters. Leaves room under the broker's limit for the decision, which carries the text twice.
+    max_record_bytes: int = 256 * 1024
+    kafka_max_message_bytes: int = KAFKA_MESSAGE_MAX_BYTES
+    # Bytes of a failed record a dead letter keeps (with the full length and SHA-256), so it always fits.
+    dead_letter_payload_bytes: int = 4096
     # Exact-text LRU of query embeddings (0 turns it off); ~1.6 KB per entry.
     embed_cache_size: int = 50_000
     # Records one poll may hand the router and the scorer: each batch waits once for the broker's acks.
     router_batch_size: int = 128
     scorer_batch_size: int = 500
     code_check_workers: int = 4  # answers' code the scorer runs at once (subprocesses that mostly wait)
+    # Limits of the sandbox (selfevolve/sandbox.py) an answer's code runs in: wall time, address space,
+    # processes of the sandbox user, size of any file it writes (its stderr included).
+    code_check_timeout_s: float = 3.0
+    code_check_memory_mb: int = 512
+    code_check_max_procs: int = 8
+    code_check_file_mb: int = 8
     scorer_done_keep: int = 200_000  # answered-query markers the scorer keeps (memory and restore time)
     # Each stream worker role serves /ready (and the history role /stats) on its own port.
     web_port: int = 16066
     history_web_port: int = 16067
+    # `selfevolve up`'s supervisor restarts a worker that dies after a delay doubling from backoff_s to
+    # backoff_max_s; a worker up for stable_s counts as healthy again (the delay starts over).
+    supervisor_backoff_s: float = 1.0
+    supervisor_backoff_max_s: float = 60.0
+    supervisor_stable_s: float = 60.0
     exactly_once: bool = False
 
     # History store: chdb (embedded) unless a ClickHouse URL is given.
-    clickhouse_url: str | None = None
+    clickhouse_url: str | None = None  # without a password: that goes in clickhouse_password
+    clickhouse_password: SecretStr | None = None
     chdb_path: Path | None = None
     sink_batch_size: int = 500
     sql_port: int = 8124
+    # User SQL (selfevolve/sqlguard.py, `selfevolve sql`): the endpoint's bearer token (when unset, one is
+    # generated into <home>/secrets/sql_token, mode 0600) and the caps every user statement runs under.
+    sql_token: SecretStr | None = None
+    sql_max_rows: int = 10_000
+    sql_max_bytes: int = 16 * 1024 * 1024
+    sql_timeout_s: float = 15.0  # chdb runs one statement at a time: also the most a sink insert waits
+    sql_max_memory_bytes: int = 512 * 1024 * 1024
+    sql_max_threads: int = 2  # of the engine, per user query: the stream workers need the cores too
+    sql_max_body_bytes: int = 64 * 1024
     sink_flush_seconds: float = 1.0
 
     # Routing.
@@ -62,7 +108,7 @@ class Settings(BaseSettings):
     backend_timeout_s: float = 30.0
     backend_retries: int = 2
     openai_base_url: str = "http://localhost:8000/v1"
-    openai_api_key: str | None = None
+    openai_api_key: SecretStr | None = None
 
     # Evolution.
     promote_min_n: int = 50
@@ -91,11 +137,34 @@ class Settings(BaseSettings):
     distill_max_prompt_tokens: int = 256
     distill_max_answer_tokens: int = 192
 
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _no_password_in_url(cls, url: str | None) -> str | None:
+        if url and urlsplit(url).password is not None:
+            raise ValueError("clickhouse_url must not carry a password: set SELFEVOLVE_CLICKHOUSE_PASSWORD "
+                             "(or a secrets folder file) instead")
+        return url
+
+    @classmethod
+    def load(cls, **overrides: Any) -> "Settings":
+        """Settings from the environment and, when secrets_dir names a folder, the secrets in it: what every
+        process entry point builds."""
+        first = cls(**overrides)
+        if first.secrets_dir is None:
+            return first
+        if not first.secrets_dir.is_dir():
+            from selfevolve.errors import ConfigError
+
+            raise ConfigError(f"secrets folder {first.secrets_dir} does not exist")
+        return cls(_secrets_dir=first.secrets_dir, **overrides)
+
     def to_env(self) -> dict[str, str]:
-        """These settings as SELFEVOLVE_* variables, so child processes build the same Settings."""
+        """These settings as SELFEVOLVE_* variables, so child processes build the same Settings; never a
+        secret (SecretStr) nor this process's identity (kafka_username, secrets_dir): each child reads its
+        own from its own secrets folder."""
         env = {}
         for name, value in self.model_dump().items():
-            if value is None:
+            if value is None or isinstance(value, SecretStr) or name in ("kafka_username", "secrets_dir"):
                 continue
             if isinstance(value, (tuple, list)):
                 value = json.dumps(list(value))

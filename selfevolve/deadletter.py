@@ -1,9 +1,14 @@
-"""Pure builder of DeadLetter records: the failed event's bytes, where it came from, and why."""
+"""Pure builder of DeadLetter records: a bounded prefix of the failed event's bytes, where it came from, and why."""
 
 from __future__ import annotations
 
+import hashlib
+
 # A reason is for people and dashboards; error text can embed whole payloads, which the record already has.
 MAX_REASON_CHARS = 2000
+# Default prefix of the original bytes a dead letter keeps (Settings.dead_letter_payload_bytes): a dead
+# letter of a record at the broker's size limit must itself fit under that limit.
+PAYLOAD_PREFIX_BYTES = 4096
 _MAX_CAUSES = 5
 
 
@@ -44,15 +49,20 @@ def dead_letter(
     payload: bytes | bytearray | memoryview | None,
     error: BaseException,
     now_ms: int,
+    max_payload: int = PAYLOAD_PREFIX_BYTES,
 ) -> dict:
-    """A DeadLetter record (without `version`, which the codec stamps) for one failed event."""
+    """A DeadLetter record (without `version`, which the codec stamps) for one failed event: the first
+    `max_payload` bytes of the value, with the whole value's length and SHA-256 to identify it."""
+    # Kafka tombstones carry no value; keep the record encodable rather than failing the failure path.
+    data = b"" if payload is None else bytes(payload)
     return {
         "source_topic": source_topic,
         "partition": int(partition),
         "offset": int(offset),
         "reason": reason_for(error),
         "error_type": type(error).__name__,
-        # Kafka tombstones carry no value; keep the record encodable rather than failing the failure path.
-        "payload": b"" if payload is None else bytes(payload),
+        "payload": data[: max(0, int(max_payload))],
+        "payload_len": len(data),
+        "payload_sha256": hashlib.sha256(data).hexdigest(),
         "ts_ms": int(now_ms),
     }

@@ -25,9 +25,17 @@ class StoreError(SelfEvolveError):
     """The history store (ClickHouse or chdb) rejected a read or write."""
 
 
+class QueryRejected(StoreError):
+    """User SQL was refused before (or by) the engine: not a read of the project's tables, or over a cap."""
+
+
 class BrokerError(SelfEvolveError):
     """The local Kafka broker could not be fetched, started or reached."""
 
 
 class TrainingError(SelfEvolveError):
     """Distillation could not build, train or load a student."""
+
+
+class SandboxError(SelfEvolveError):
+    """The sandbox for untrusted code could not be made; the code was not run."""

@@ -12,6 +12,7 @@ import numpy as np
 
 from selfevolve.errors import StoreError
 from selfevolve.linear import normalize
+from selfevolve.tenancy import DEFAULT_TENANT, query_key
 
 # Exact search costs ~1.2 ms at 10k and ~11 ms at 100k entries on one core (measured with
 # `python -m selfevolve.history`); past 50k the flat index is migrated once to HNSW (~log n).
@@ -20,10 +21,11 @@ FLAT_LIMIT = 50_000
 
 @dataclass
 class Record:
-    """One delivered query: models called with their cost, the winner, and feedback once it arrives."""
+    """One delivered query: models called with their cost, the winner, and feedback once it arrives.
+    Identified by (tenant, query_id): two tenants may use the same id."""
 
     query_id: str
-    tenant: str = "default"
+    tenant: str = DEFAULT_TENANT
     strategy: str = ""
     costs: dict[str, float] = field(default_factory=dict)
     quality: dict[str, float | None] = field(default_factory=dict)
@@ -31,6 +33,11 @@ class Record:
     delivered: bool = True
     task: str = ""
     ts_ms: int = 0
+    source: str = ""  # where its query was read (topic:partition:offset): a re-delivery has the same
+
+    @property
+    def key(self) -> str:
+        return query_key(self.tenant, self.query_id)
 
     @property
     def called(self) -> tuple[str, ...]:
@@ -47,7 +54,7 @@ class History:
         self.dim, self.flat_limit, self.hnsw_m, self.ef_search = dim, flat_limit, hnsw_m, ef_search
         self.index = faiss.IndexFlatIP(dim)
         self.records: list[Record] = []
-        self._pos: dict[str, int] = {}
+        self._pos: dict[str, int] = {}  # canonical key (tenant/query id) -> index
         # Running per-model sums (quality sum, quality n, cost sum, cost n): the global prior, O(1) to read.
         self.stats: dict[str, list[float]] = {}
 
@@ -66,9 +73,9 @@ class History:
         if vecs.shape != (len(records), self.dim):
             raise StoreError(f"expected {len(records)} vectors of dim {self.dim}, got {vecs.shape}")
         for r in records:
-            if r.query_id in self._pos:
-                raise StoreError(f"query {r.query_id} is already in the history")
-            self._pos[r.query_id] = len(self.records)
+            if r.key in self._pos:
+                raise StoreError(f"query {r.query_id} of tenant {r.tenant} is already in the history")
+            self._pos[r.key] = len(self.records)
             self.records.append(r)
             self._count(r)
         self.index.add(vecs)
@@ -110,11 +117,11 @@ class History:
                 st[0] += q
                 st[1] += 1
 
-    def set_quality(self, query_id: str, model: str, quality: float) -> None:
+    def set_quality(self, query_id: str, model: str, quality: float, tenant: str = DEFAULT_TENANT) -> None:
         """Record a verdict; the caller (learning.apply_feedback) enforces the bandit rule."""
-        r = self.get(query_id)
+        r = self.get(query_id, tenant)
         if r is None:
-            raise StoreError(f"no query {query_id} in the history")
+            raise StoreError(f"no query {query_id} of tenant {tenant} in the history")
         st = self.stats.setdefault(model, [0.0, 0, 0.0, 0])
         old = r.quality.get(model)
         if old is not None:  # a corrected verdict replaces the old one
@@ -131,8 +138,9 @@ class History:
             return None, 0, None
         return (st[0] / st[1] if st[1] else None, int(st[1]), st[2] / st[3] if st[3] else None)
 
-    def get(self, query_id: str) -> Record | None:
-        pos = self._pos.get(query_id)
+    def get(self, query_id: str, tenant: str = DEFAULT_TENANT) -> Record | None:
+        """The record of tenant's query query_id; another tenant's query of the same id is not it."""
+        pos = self._pos.get(query_key(tenant, query_id))
         return None if pos is None else self.records[pos]
 
     def save(self, directory: Path) -> None:
@@ -169,7 +177,7 @@ class History:
             raise StoreError(f"cannot load history from {directory}") from e
         if h.index.ntotal != len(h.records):
             raise StoreError(f"{directory}: {h.index.ntotal} vectors but {len(h.records)} records")
-        h._pos = {r.query_id: i for i, r in enumerate(h.records)}
+        h._pos = {r.key: i for i, r in enumerate(h.records)}
         for r in h.records:
             h._count(r)
         return h

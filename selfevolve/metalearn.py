@@ -20,10 +20,10 @@ SELECT a.strategy AS strategy,
 FROM selfevolve.answers AS a FINAL
 LEFT JOIN
 (
-    SELECT query_id, model, avg(quality) AS quality
+    SELECT tenant, query_id, model, avg(quality) AS quality
     FROM selfevolve.feedback FINAL
-    GROUP BY query_id, model
-) AS f ON a.query_id = f.query_id AND a.model = f.model
+    GROUP BY tenant, query_id, model
+) AS f ON a.tenant = f.tenant AND a.query_id = f.query_id AND a.model = f.model
 WHERE a.ts_ms >= {since_ms:Int64}
 GROUP BY strategy, domain
 ORDER BY domain, strategy

@@ -55,7 +55,8 @@ def _words(text: str) -> set[str]:
 
 
 def score_responses(prompt: str, answers: dict[str, str], prior: dict[str, float],
-                    weights: tuple[float, float, float, float] = DEFAULT_WEIGHTS) -> dict[str, ResponseScore]:
+                    weights: tuple[float, float, float, float] = DEFAULT_WEIGHTS,
+                    code_limits: checkers.Limits = checkers.DEFAULT_LIMITS) -> dict[str, ResponseScore]:
     """Score every answer from the answers themselves, the models' prior confidence and gold-free checks."""
     wr, wc, wm, wl = weights
     out: dict[str, ResponseScore] = {}
@@ -73,7 +74,7 @@ def score_responses(prompt: str, answers: dict[str, str], prior: dict[str, float
         return out
     if k == checkers.CODE:
         for m, a in answers.items():
-            chk = checkers.run_code(a)
+            chk = checkers.run_code(a, code_limits)  # a sandbox that cannot be made: not ran, no credit
             p = _clip(prior.get(m, 0.5))
             if not chk.has_code:
                 corr = 0.1 * p

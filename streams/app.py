@@ -8,7 +8,7 @@ import faust
 
 from selfevolve.config import Settings
 from selfevolve.errors import ConfigError
-from streams.kafka_io import group_id
+from streams.kafka_io import faust_credentials, group_id
 from streams.runtime import Runtime
 
 # Two processes, so the stream work uses both cores of a small host (one Python event loop saturated a
@@ -35,6 +35,7 @@ def create_app(settings: Settings, modules: tuple[str, ...] | None = None,
     app = faust.App(
         app_id(settings, role),
         broker=f"kafka://{settings.kafka_bootstrap}",
+        **faust_credentials(settings),  # this role's own principal when Kafka security is on
         store="memory://",
         datadir=str(settings.home / f"faust-{role}"),
         topic_partitions=settings.topic_partitions,
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     role = "serve"
     if args[:1] == ["--role"] and len(args) > 1:
         role, args = args[1], args[2:]
-    app, rt = create_app(Settings(), role=role)
+    app, rt = create_app(Settings.load(), role=role)
     if role == "serve":
         # Load the routing core and the embedding model before Faust starts consuming: done lazily by the
         # first event, it held the event loop for ~8 s right after partitions were assigned, and in the

@@ -16,10 +16,14 @@ from typing import Any, Awaitable, Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from selfevolve.config import Settings
+from selfevolve.errors import ValidationError
+from streams.kafka_io import client_options
 
 log = logging.getLogger("selfevolve.changelog")
 
 # (topic, key, value or None for a tombstone, partition) -> the broker's acknowledgement
+# Room for the key's framing and the record batch's headers under the broker's message.max.bytes.
+_RECORD_OVERHEAD = 1024
 Send = Callable[[str, bytes, bytes | None, int], Awaitable[Awaitable[Any]]]
 
 
@@ -28,15 +32,22 @@ class ChangelogTable:
         self.settings = settings
         self.topic = f"{settings.topic_prefix}{name}-changelog"
         self.data: dict[int, dict[str, Any]] = {}  # partition -> key -> value
-        self.pending: dict[tuple[int, str], Any] = {}  # staged writes, the latest per key
+        self.pending: dict[tuple[int, str], bytes | None] = {}  # staged encoded writes, the latest per key
 
     def get(self, partition: int, key: str, default: Any = None) -> Any:
         return self.data.get(partition, {}).get(key, default)
 
     def put(self, partition: int, key: str, value: Any) -> None:
-        """Visible to get() at once; durable after the next flush()."""
+        """Visible to get() at once; durable after the next flush(). A value whose record would exceed what
+        the broker accepts raises ValidationError and changes nothing: flushing it would fail the whole batch
+        on every retry, so the event that grew it is dead-lettered instead."""
+        encoded = json.dumps(value).encode()
+        limit = self.settings.kafka_max_message_bytes - _RECORD_OVERHEAD - len(key.encode())
+        if len(encoded) > limit:
+            raise ValidationError(f"{self.topic} value for {key[:100]!r} would be {len(encoded)} bytes, over the "
+                                  f"{limit}-byte record limit")
         self.data.setdefault(partition, {})[key] = value
-        self.pending[(partition, key)] = value
+        self.pending[(partition, key)] = encoded
 
     def delete(self, partition: int, key: str) -> None:
         """Forget key; the next flush() writes a tombstone, which compaction then removes with the key."""
@@ -46,8 +57,7 @@ class ChangelogTable:
     async def flush(self, send: Send) -> None:
         """Write the staged values and wait for the broker to hold all of them."""
         staged, self.pending = self.pending, {}
-        acks = [await send(self.topic, key.encode(), None if value is None else json.dumps(value).encode(), partition)
-                for (partition, key), value in staged.items()]
+        acks = [await send(self.topic, key.encode(), value, partition) for (partition, key), value in staged.items()]
         for ack in acks:
             await ack
 
@@ -63,7 +73,7 @@ class ChangelogTable:
             return 0
         # read_committed: writes of a transaction a crash aborted never happened.
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
-                                    isolation_level="read_committed")
+                                    isolation_level="read_committed", **client_options(self.settings))
         await consumer.start()
         read = 0
         try:

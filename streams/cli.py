@@ -31,9 +31,23 @@ def _down(args, settings: Settings) -> int:
 def _status(args, settings: Settings) -> int:
     from streams.stack import Stack
 
-    for name, pid, where in Stack(settings).status():
+    stack = Stack(settings)
+    restarts = stack.restarts()  # what the supervisor recorded of each worker
+    rows = stack.status()
+    # A worker waiting out its restart delay has no pid file, but the supervisor knows it.
+    rows += [(n, None, str(stack.logs / f"{n}.log")) for n in sorted(restarts) if n not in {r[0] for r in rows}]
+    for name, pid, where in rows:
         state = "down" if pid is None else "up"
-        print(f"{name:16} {state:5} {'' if pid in (None, -1) else pid:>8}  {where}")
+        w = restarts.get(name)
+        extra = ""
+        if w is not None:
+            extra = f"  restarts={w['restarts']}"
+            if w.get("last_exit") is not None:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(w["last_exit_at"]))
+                extra += f" last_exit={w['last_exit']} at {when}"
+            if w.get("held"):
+                extra += " (stopped on purpose)"
+        print(f"{name:16} {state:5} {'' if pid in (None, -1) else pid:>8}  {where}{extra}")
     return 0
 
 
@@ -42,11 +56,48 @@ def _produce(args, settings: Settings) -> int:
 
     src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
     with src:
-        sent, errors = asyncio.run(produce_lines(settings, src))
+        sent, errors = asyncio.run(produce_lines(settings, src, tenant=args.tenant))
     for line_no, err in errors:
         print(f"line {line_no}: {err}", file=sys.stderr)
-    print(f"sent {sent} queries to {settings.topic('queries')}", file=sys.stderr)
+    where = settings.topic(f"queries.{args.tenant}" if args.tenant else "queries")
+    print(f"sent {sent} queries to {where}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _feedback(args, settings: Settings) -> int:
+    from streams.produce import produce_feedback
+
+    src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    with src:
+        sent, errors = asyncio.run(produce_feedback(settings, src, tenant=args.tenant))
+    for line_no, err in errors:
+        print(f"line {line_no}: {err}", file=sys.stderr)
+    where = settings.topic(f"feedback.{args.tenant}" if args.tenant else "feedback")
+    print(f"sent {sent} verdicts to {where}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _tenants(args, settings: Settings) -> int:
+    """`tenants add T`: T's topics, and with Kafka security on its SCRAM user, ACLs and a credential file."""
+    from infra.kafka.security import add_tenant, tenant_user, write_secrets
+    from selfevolve.tenancy import check_tenant
+    from selfevolve.topics import Topics
+
+    tenant = check_tenant(args.tenant)
+    password = add_tenant(settings, tenant)
+    topics = ", ".join(Topics.from_settings(settings).tenant_topics(tenant))
+    print(f"tenant {tenant}: topics {topics}")
+    if password is None:
+        print("Kafka security is off: no credential was made, and anyone who reaches the broker can read "
+              "these topics", file=sys.stderr)
+        return 0
+    # A secrets folder (one 0600 file per Settings field), what SELFEVOLVE_SECRETS_DIR takes.
+    folder = write_secrets(settings.home / "secrets" / "tenants" / tenant,
+                           {"kafka_username": tenant_user(tenant), "kafka_password": password,
+                            "kafka_security": settings.kafka_security})
+    print(f"credential of {tenant_user(tenant)} written to {folder} (mode 0600); the tenant runs "
+          f"SELFEVOLVE_SECRETS_DIR={folder} selfevolve produce --tenant {tenant} / answers --tenant {tenant}")
+    return 0
 
 
 def _answers(args, settings: Settings) -> int:
@@ -95,7 +146,8 @@ def _bench(args, settings: Settings) -> int:
     import importlib
 
     # Throughput needs the broker, so it lives with the adapters, not in the pure core.
-    where = "streams.throughput" if args.name == "throughput" else f"selfevolve.bench.{args.name}"
+    where = {"throughput": "streams.throughput", "security": "streams.security_bench"}.get(
+        args.name, f"selfevolve.bench.{args.name}")
     module = importlib.import_module(where)
     return module.main(args.rest)
 
@@ -122,10 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="say what runs where").set_defaults(fn=_status)
     pr = sub.add_parser("produce", help="send JSON-lines queries (id, text, tenant, metadata)")
     pr.add_argument("file", help="a file, or - for standard input")
+    pr.add_argument("--tenant", help="send as this tenant, to its own queries.<tenant> topic")
     pr.set_defaults(fn=_produce)
     an = sub.add_parser("answers", help="print answers as they arrive")
     an.add_argument("--follow", action="store_true")
-    an.add_argument("--tenant")
+    an.add_argument("--tenant", help="read this tenant's own answers.<tenant> topic (default: the internal one)")
+    fb = sub.add_parser("feedback", help="send JSON-lines verdicts (id, model, quality 0..1) on answers")
+    fb.add_argument("file", help="a file, or - for standard input")
+    fb.add_argument("--tenant", help="send as this tenant, to its own feedback.<tenant> topic")
+    fb.set_defaults(fn=_feedback)
+    tn = sub.add_parser("tenants", help="manage tenants (topics, Kafka user and ACLs)")
+    tn_sub = tn.add_subparsers(dest="action", required=True)
+    tn_add = tn_sub.add_parser("add", help="create a tenant's topics and, with Kafka security, its credential")
+    tn_add.add_argument("tenant")
+    tn_add.set_defaults(fn=_tenants)
     an.set_defaults(fn=_answers)
     sq = sub.add_parser("sql", help="query the ClickHouse history (SQL text, or an example's name)")
     sq.add_argument("query", nargs="?", default="")
@@ -146,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--no-live", action="store_true", help="skip the live distillation phase")
     de.set_defaults(fn=_demo)
     be = sub.add_parser("bench", help="benchmarks: quality, evolution, distill, throughput")
-    be.add_argument("name", choices=["quality", "evolution", "distill", "throughput"])
+    be.add_argument("name", choices=["quality", "evolution", "distill", "throughput", "security"])
     be.add_argument("rest", nargs=argparse.REMAINDER)
     be.set_defaults(fn=_bench)
     sub.add_parser("setup-models", help="convert SmolLM2-135M from its GGUF once").set_defaults(fn=_setup_models)
@@ -156,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args, Settings())
+        from streams.stack import operator_settings  # the local stack's admin when it runs secured
+
+        return args.fn(args, operator_settings(Settings.load()))
     except SelfEvolveError as e:
         print(f"selfevolve: {e}", file=sys.stderr)
         return 2

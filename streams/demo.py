@@ -14,11 +14,12 @@ import httpx
 from selfevolve.config import Settings
 from selfevolve.errors import SelfEvolveError
 from selfevolve.codec import Codec
+from selfevolve.tenancy import query_key
 from selfevolve.topics import Topics
 from streams.kafka_io import producer, tail_consumer
 from streams.replay import replay
 from streams.sqlclient import sql
-from streams.stack import Stack
+from streams.stack import Stack, operator_settings
 
 STAGE_TABLES = ("queries", "route_decisions", "inference_requests", "inference_responses", "scores",
                 "answers", "feedback", "dead_letters", "model_events", "gaps", "spawns", "strategies")
@@ -51,7 +52,8 @@ def run_demo(settings: Settings, limit: int | None = None, warmup: int | None = 
     # Every demo starts from an empty history of its own: a second run then shows the same evolution in the
     # same time (with the first run's history its live student would already be serving, on the CPU).
     home = demo_home(settings)
-    settings = settings.model_copy(update={"home": home})
+    # Its own broker under that home: the caller's Kafka principal (if any) is not one of its users.
+    settings = settings.model_copy(update={"home": home, "kafka_username": None, "kafka_password": None})
     Stack(settings).down()  # leftovers of an interrupted demo must not hold files about to be removed
     shutil.rmtree(home, ignore_errors=True)
     if live:
@@ -64,7 +66,11 @@ def run_demo(settings: Settings, limit: int | None = None, warmup: int | None = 
     stack = Stack(settings)
     t0 = time.time()
     print(f"[demo] starting Kafka, the two stream workers and a model worker (logs: {stack.logs})", flush=True)
+    if settings.kafka_security == "none":
+        print("[demo] Kafka security is OFF (PLAINTEXT, no ACLs); SELFEVOLVE_KAFKA_SECURITY=sasl runs it with "
+              "SASL/SCRAM and per-role ACLs", flush=True)
     stack.up(live=live)
+    settings = operator_settings(settings)  # the demo's own producers and readers sign in as its broker's admin
     try:
         wait_ready(settings)
         print(f"[demo] stack ready in {time.time() - t0:.0f}s; replaying {settings.replay_dir.name} "
@@ -175,7 +181,8 @@ async def _ask_local(prod, consumer, codec, topics, text: str, tag: str, timeout
     req = {"request_id": qid, "query_id": qid, "tenant": "demo", "model": "smollm2-135m", "text": text,
            "strategy": "targeted", "stage": 0, "attempt": 0, "fallback_from": None, "metadata": {},
            "ts_ms": int(time.time() * 1000)}
-    await prod.send_and_wait(topics.requests_for("local"), key=qid.encode(), value=codec.encode("inference_request", req))
+    await prod.send_and_wait(topics.requests_for("local"), key=query_key("demo", qid).encode(),
+                             value=codec.encode("inference_request", req))
     deadline = time.time() + timeout
     while time.time() < deadline:
         for msgs in (await consumer.getmany(timeout_ms=500)).values():

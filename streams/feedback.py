@@ -1,18 +1,73 @@
-"""Feedback agent: verdicts about delivered answers update the routing history (bandit rule)."""
+"""Feedback: verdicts about delivered answers update the routing history (bandit rule), from the owner only.
+
+A task of the serve worker with its own aiokafka consumer (group `<prefix>feedback`), subscribed by pattern
+to the shared `feedback` topic and every tenant's `feedback.<T>`: Faust's pattern subscriptions do not work
+(faust/transport/drivers/aiokafka.py says so), and a list of names would miss tenants added while it runs.
+A record on `feedback.<T>` speaks for tenant T only: one whose tenant field names another tenant, or about
+a query T does not own, is dead-lettered with the reason. The shared topic is the admin tooling's (replay,
+demo), trusted as it is. Each poll's dead letters and consumed offsets commit in one Kafka transaction; a
+verdict applied again after a crash replaces itself in the history, so it changes nothing.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 
 from selfevolve import learning
+from selfevolve.errors import ValidationError
+from streams.runtime import infrastructure
+
+log = logging.getLogger("selfevolve.feedback")
+
+
+def verdict_of(rt, history, msg) -> learning.Feedback:
+    """Decode one feedback message and check who may give it; raises DecodeError or ValidationError."""
+    fb = rt.codec.decode("feedback", msg.value)
+    owner = rt.topics.tenant_of(msg.topic)
+    if owner is not None:
+        if fb["tenant"] != owner:
+            raise ValidationError(f"tenant mismatch: feedback says tenant {fb['tenant']!r} but was written to "
+                                  f"{msg.topic}, the topic of tenant {owner!r}")
+        if history.get(fb["query_id"], owner) is None:
+            raise ValidationError(f"feedback for a query tenant {owner} does not own: no answered query "
+                                  f"{fb['query_id']!r} of tenant {owner!r}")
+    return learning.Feedback(fb["query_id"], fb["model"], fb["quality"], fb["tenant"])
+
+
+async def feedback_batch(rt, core, messages) -> None:
+    """Apply one poll's verdicts; a record that cannot be read, is not allowed, or fails is dead-lettered
+    and the rest go on. Returns once the dead letters are acknowledged."""
+    acks = []
+    for msg in messages:
+        try:
+            # False means "not learnable" (model not called, not delivered yet): ignored by design.
+            learning.apply_feedback(core["history"], verdict_of(rt, core["history"], msg))
+        except Exception as e:  # noqa: BLE001 - one poison record must not stop the stream
+            if infrastructure(e):
+                raise
+            acks.append(await rt.send_dead_letter(msg, e))
+    for ack in acks:
+        await ack
+
+
+async def run_feedback(rt, stop: asyncio.Event | None = None) -> None:
+    """Consume the feedback topics until cancelled (or `stop` is set)."""
+    from streams.kafka_io import transactional_loop
+
+    core = await asyncio.to_thread(rt.routing)
+
+    async def handle(producer, messages) -> None:
+        await feedback_batch(rt.through(producer), core, messages)
+
+    await transactional_loop(rt.settings, "feedback", [rt.topics.feedback], rt.settings.router_batch_size, handle,
+                             stop, pattern=rt.topics.pattern("feedback"))
 
 
 def register(app, rt) -> None:
-    @app.agent(rt.topic(rt.topics.feedback), name="feedback")
-    async def feedback(stream):
-        core = rt.routing()
-        async for fb in rt.records(stream, "feedback"):
-            # False means "not learnable" (model not called, query not delivered): ignored by design.
-            learning.apply_feedback(core["history"], learning.Feedback(fb["query_id"], fb["model"], fb["quality"]))
+    @app.task
+    async def feedback():
+        await run_feedback(rt)
 
     @app.timer(interval=10.0)
     async def save_history():

@@ -15,13 +15,14 @@ def register(app, rt) -> None:
     @app.agent(rt.topic(rt.topics.scores), name="gaps")
     async def gap_agent(stream):
         core = rt.routing()
-        async for score, at in rt.records_at(stream, "score"):
+
+        async def fold(score, at) -> None:
             if not score["winner"]:
-                continue  # one outcome per delivered answer: the winner's
+                return  # one outcome per delivered answer: the winner's
             d = str(score["domain"])
             entry = windows.get(d)
             if once.applied(entry, at):
-                continue
+                return
             # The scorer's no-gold correctness of the delivered answer stands in for "failed".
             outcome = {"domain": score["domain"], "confidence": score["confidence"],
                        "failed": score["correctness"] < 0.5, "ts_ms": score["ts_ms"]}
@@ -48,3 +49,5 @@ def register(app, rt) -> None:
             # Last, after every output is acknowledged: a crash before this line repeats the outputs, never
             # loses them.
             windows[d] = once.advance(state, at)
+
+        await rt.each(stream, "score", fold)  # a score that fails is dead-lettered, the rest go on

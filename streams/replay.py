@@ -14,6 +14,7 @@ from typing import Callable
 from selfevolve.codec import Codec
 from selfevolve.config import Settings
 from selfevolve.data.routerbench import Dataset, Sample, load_dir
+from selfevolve.tenancy import query_key
 from selfevolve.topics import Topics
 from streams.kafka_io import ensure_topics, producer, tail_consumer
 
@@ -93,7 +94,7 @@ async def replay(settings: Settings, data: Path, *, seed: int = 0, window: int =
                 record = {"query_id": qid, "text": s.prompt, "tenant": tenant,
                           "metadata": {"sample_id": s.sample_id, "task": s.task, "phase": phase},
                           "ts_ms": int(time.time() * 1000)}
-                await prod.send(topics.queries, key=qid.encode(), value=codec.encode("query", record))
+                await prod.send(topics.queries, key=query_key(tenant, qid).encode(), value=codec.encode("query", record))
             await prod.flush()
             report.queries += len(chunk)
             got = await _collect(answers, codec, set(sent), timeout_s, report)
@@ -103,9 +104,10 @@ async def replay(settings: Settings, data: Path, *, seed: int = 0, window: int =
                 if feedback:
                     for model in ans["models_called"]:
                         if model in s.correct:
-                            fb = {"query_id": qid, "model": model, "quality": float(s.correct[model]),
+                            fb = {"query_id": qid, "tenant": tenant, "model": model, "quality": float(s.correct[model]),
                                   "source": "replay-gold", "ts_ms": int(time.time() * 1000)}
-                            await prod.send(topics.feedback, key=qid.encode(), value=codec.encode("feedback", fb))
+                            await prod.send(topics.feedback, key=query_key(tenant, qid).encode(),
+                                            value=codec.encode("feedback", fb))
             await prod.flush()
             if progress:
                 progress(report, len(steps))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -10,8 +11,26 @@ from typing import Any
 from selfevolve.codec import Codec
 from selfevolve.config import Settings
 from selfevolve.deadletter import dead_letter
-from selfevolve.errors import DecodeError, ValidationError
+from selfevolve.errors import BrokerError, ValidationError
 from selfevolve.topics import Topics
+
+log = logging.getLogger("selfevolve.runtime")
+MAX_KEY_BYTES = 256  # of a dead letter's key: the failed record's key, which is as untrusted as its value
+
+
+def infrastructure(error: BaseException) -> bool:
+    """Whether an error is the broker's, not the record's: the worker must stop (and redo the record after a
+    restart) rather than dead-letter a record that did nothing wrong."""
+    from aiokafka.errors import KafkaError
+
+    return isinstance(error, (KafkaError, BrokerError))
+
+
+def oversized(value: bytes | None, limit: int) -> ValidationError | None:
+    """The error for a record value over `limit` bytes (checked before decoding: a compressed batch arrives
+    decompressed, so a small batch on the wire can carry a huge record), else None."""
+    n = len(value or b"")
+    return ValidationError(f"record is {n} bytes, over the {limit}-byte limit") if n > limit else None
 
 
 def now_ms() -> int:
@@ -107,13 +126,30 @@ class Runtime:
 
     async def records_at(self, stream, kind: str):
         """(record, (partition, offset)) pairs, for agents that fold each source event exactly once."""
+        async for event, record, at in self._decoded(stream, kind):
+            yield record, at
+
+    async def _decoded(self, stream, kind: str):
         async for event in stream.events():
             try:
                 record = self.codec.decode(kind, event.value)
-            except (DecodeError, ValidationError) as e:
+            except Exception as e:  # noqa: BLE001 - any failure to read one record is that record's
                 await self.dead_letter(event, e)
                 continue
-            yield record, (event.message.partition, event.message.offset)
+            yield event, record, (event.message.partition, event.message.offset)
+
+    async def each(self, stream, kind: str, handle) -> None:
+        """`await handle(record, (partition, offset))` for each decoded record of a raw stream; a record that
+        cannot be decoded, or whose handling raises, is dead-lettered with the reason and the stream goes on.
+        Broker errors are not the record's fault: they stop the agent (the record is redelivered)."""
+        async for event, record, at in self._decoded(stream, kind):
+            try:
+                await handle(record, at)
+            except Exception as e:  # noqa: BLE001 - one poison record must not stop the stream
+                if infrastructure(e):
+                    raise
+                log.exception("dead-lettering %s record at %s: its handling failed", kind, at)
+                await self.dead_letter(event, e)
 
     async def dead_letter(self, event, error: BaseException) -> None:
         await self.dead_letter_message(event.message, error)
@@ -124,6 +160,7 @@ class Runtime:
 
     async def send_dead_letter(self, msg, error: BaseException):
         """Queue the dead letter of a raw message; returns the ack future."""
-        record = dead_letter(msg.topic, msg.partition, msg.offset, msg.value or b"", error, now_ms())
-        return await self.send(self.topics.dead_letter, "dead_letter", record,
-                               key=msg.key.decode("utf-8", "replace") if msg.key else None)
+        record = dead_letter(msg.topic, msg.partition, msg.offset, msg.value or b"", error, now_ms(),
+                             max_payload=self.settings.dead_letter_payload_bytes)
+        key = bytes(msg.key[:MAX_KEY_BYTES]).decode("utf-8", "replace") if msg.key else None
+        return await self.send(self.topics.dead_letter, "dead_letter", record, key=key)

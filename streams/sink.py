@@ -14,7 +14,8 @@ import time
 from collections import defaultdict
 
 from selfevolve import batching
-from selfevolve.errors import DecodeError, StoreError, ValidationError
+from selfevolve.errors import StoreError, ValidationError
+from selfevolve.tenancy import check_tenant
 from selfevolve.validation import validate_query
 
 log = logging.getLogger("selfevolve.sink")
@@ -25,15 +26,52 @@ def rows_by_kind(rt, messages) -> dict[str, list[dict]]:
     that owns their topic dead-letters them, and the dead_letters table stores that record instead."""
     rows: dict[str, list[dict]] = defaultdict(list)
     for msg in messages:
-        kind = rt.topics.kind_of(msg.topic)
         try:
+            kind = rt.topics.kind_of(msg.topic)
             record = rt.codec.decode(kind, msg.value)
             if kind == "query":
                 validate_query(record, rt.settings.max_query_bytes)
-        except (DecodeError, ValidationError):
+                check_tenant(record["tenant"])
+            owner = rt.topics.tenant_of(msg.topic)
+            if owner is not None and record.get("tenant") != owner:
+                # The serve role dead-letters it; stored, it would land in another tenant's rows.
+                raise ValidationError(f"tenant mismatch on {msg.topic}")
+        except Exception:  # noqa: BLE001 - any record the sink cannot read is skipped and counted
+            skipped(rt, 1)
             continue
         rows[kind].append(record)
     return rows
+
+
+def skipped(rt, n: int) -> int:
+    """Count records the sink skipped (in rt.core, shown on the history role's /stats); returns the total."""
+    total = rt.core["sink_skipped"] = rt.core.get("sink_skipped", 0) + n
+    if n:
+        log.warning("sink skipped %d record(s) it cannot read or store (%d in all)", n, total)
+    return total
+
+
+def insert_rows(store, kind: str, rows: list[dict], rt) -> None:
+    """Insert a batch; if the store rejects it, insert row by row so a bad row is skipped (and counted), not
+    retried forever. If the store itself is failing (it cannot answer SELECT 1), raise StoreError."""
+    try:
+        store.insert(kind, rows)
+        return
+    except StoreError as e:
+        first = e
+    log.warning("inserting %d %s rows failed (%s); inserting them one by one", len(rows), kind, first)
+    failed = 1 if len(rows) == 1 else 0
+    for row in rows if len(rows) > 1 else ():
+        try:
+            store.insert(kind, [row])
+        except StoreError:
+            failed += 1
+    if failed == len(rows):
+        try:
+            store.query("SELECT 1")
+        except StoreError:
+            raise first from None  # the store is down: nothing committed, the rows are read again
+    skipped(rt, failed)
 
 
 async def run_sink(rt, store, stop: asyncio.Event | None = None) -> None:
@@ -50,7 +88,7 @@ async def run_sink(rt, store, stop: asyncio.Event | None = None) -> None:
         nonlocal state, positions
         pending, to_commit = batching.result(state), dict(positions)
         for kind, rows in rows_by_kind(rt, pending).items():
-            await asyncio.to_thread(store.insert, kind, rows)  # StoreError: nothing committed, task fails
+            await asyncio.to_thread(insert_rows, store, kind, rows, rt)  # StoreError: nothing committed, task fails
         state, positions = batching.initialize(), {}
         if to_commit:
             try:
@@ -59,7 +97,9 @@ async def run_sink(rt, store, stop: asyncio.Event | None = None) -> None:
                 # A rebalance took the partitions: the next owner re-reads them and the tables de-duplicate.
                 log.warning("sink commit after insert failed, rows will be re-read: %s", e)
 
-    consumer = await committing_consumer(s, "sink", rt.topics.all(), lambda revoked: flush(), s.sink_batch_size)
+    # Every event topic and each tenant's queries.<T> and feedback.<T>, including tenants added while it runs.
+    consumer = await committing_consumer(s, "sink", rt.topics.all(), lambda revoked: flush(), s.sink_batch_size,
+                                         pattern=rt.topics.with_tenants(rt.topics.all()))
     try:
         while stop is None or not stop.is_set():
             due = batching.deadline(state, s.sink_flush_seconds)
@@ -84,7 +124,8 @@ async def run_sink(rt, store, stop: asyncio.Event | None = None) -> None:
 
 
 def register(app, rt) -> None:
-    from streams.store import HistoryStore, serve_sql
+    from streams.sqlclient import serve_sql
+    from streams.store import HistoryStore
 
     store = HistoryStore.open(rt.settings)
     store.ensure_schema()
@@ -96,5 +137,6 @@ def register(app, rt) -> None:
 
     @app.task
     async def sql_endpoint():
-        """Serve read-only SQL for `selfevolve sql`: the sink process holds the chdb directory."""
-        rt.core["sql"] = await serve_sql(store, port=rt.settings.sql_port)
+        """Serve guarded SQL for `selfevolve sql` (the sink process holds the chdb directory): token
+        required, loopback only, and on the store's own read-only session, never the sink's connection."""
+        rt.core["sql"] = await serve_sql(store, rt.settings)

@@ -17,9 +17,10 @@ def register(app, rt) -> None:
     @app.agent(rt.topic(rt.topics.scores), name="stats")
     async def stats_agent(stream):
         core = rt.routing()
-        async for score, at in rt.records_at(stream, "score"):
+
+        async def fold(score, at) -> None:
             if not score["contested"]:
-                continue  # a model called alone always "wins": only head-to-head answers count
+                return  # a model called alone always "wins": only head-to-head answers count
             d = str(score["domain"])
             entry, win = alltime.get(d), window.get(d)
             if not once.applied(entry, at):
@@ -35,6 +36,8 @@ def register(app, rt) -> None:
             if not once.applied(win, at):
                 window[d] = once.advance(stats.table_agg(once.value(win, {}), score, empty_window), at)
 
+        await rt.each(stream, "score", fold)  # a score that fails is dead-lettered, the rest go on
+
     @app.page("/stats")
     async def stats_page(web, request):
         """The tables as they stand: aggregator states and their results per domain key, and the last score
@@ -42,4 +45,6 @@ def register(app, rt) -> None:
         return web.json({"alltime": {k: once.value(v, {}) for k, v in alltime.items()},
                          "window": {k: once.value(v, {}) for k, v in window.items()},
                          "result": {k: stats.table_result(once.value(v, {})) for k, v in alltime.items()},
-                         "positions": {k: v["at"] for k, v in alltime.items()}})
+                         "positions": {k: v["at"] for k, v in alltime.items()},
+                         # Records the ClickHouse sink (same worker) could not read or store.
+                         "sink_skipped": rt.core.get("sink_skipped", 0)})

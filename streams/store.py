@@ -1,27 +1,21 @@
-"""History store: infra/clickhouse/ddl.sql on chdb or a ClickHouse server, batch inserts, SQL over HTTP."""
+"""History store: infra/clickhouse/ddl.sql on chdb or a ClickHouse server, batch inserts, guarded user SQL."""
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import fcntl
-import json
 import threading
-from dataclasses import dataclass
-from decimal import Decimal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import clickhouse_connect
-import httpx
 
+from selfevolve import sqlguard
 from selfevolve.config import Settings
-from selfevolve.errors import StoreError
+from selfevolve.errors import QueryRejected, StoreError
 
 DATABASE = "selfevolve"
 DDL_PATH = Path(__file__).resolve().parent.parent / "infra" / "clickhouse" / "ddl.sql"
-DEFAULT_SQL_URL = "http://127.0.0.1:8124"
 
 # Event kind (Avro schema name in snake_case) -> table in DATABASE.
 TABLES: dict[str, str] = {
@@ -79,12 +73,20 @@ class HistoryStore:
     ``<dir>/status``); other processes read through ``serve_sql`` instead.
     """
 
-    def __init__(self, client: Any, target: str) -> None:
+    def __init__(self, client: Any, target: str, connect: Callable[..., Any] | None = None,
+                 user_settings: dict[str, Any] | None = None) -> None:
         self._client = client
         self._target = target
         self._lock = threading.Lock()
         self._columns: dict[str, list[tuple[str, str]]] = {}  # table -> insertable (name, type)
         self._closed = False
+        # User SQL never runs on self._client: a rejected statement's settings stick to the handle it ran on
+        # (chdb keeps per-query SETTINGS in the session), so it gets a handle of its own, read-only and capped.
+        self._connect = connect
+        self._user_settings = user_settings or {}
+        self._reader: Any = None
+        self._reader_lock = threading.Lock()
+        self._table_functions: frozenset[str] = frozenset()
 
     @classmethod
     def open(cls, settings: Settings) -> HistoryStore:
@@ -92,20 +94,29 @@ class HistoryStore:
         try:
             if settings.clickhouse_url:
                 # The DSN should not name a database that does not exist yet: ensure_schema creates it.
-                client = clickhouse_connect.get_client(dsn=settings.clickhouse_url)
+                def connect(**kw: Any) -> Any:
+                    if settings.clickhouse_password is not None:  # a SecretStr, revealed to the driver only
+                        kw.setdefault("password", settings.clickhouse_password.get_secret_value())
+                    return clickhouse_connect.get_client(dsn=settings.clickhouse_url, **kw)
+
                 target = settings.clickhouse_url.split("@")[-1]  # no credentials in messages
             else:
                 path = settings.chdb_dir.resolve()
                 path.mkdir(parents=True, exist_ok=True)
-                # path= rather than a chdb:// DSN: the DSN form does not unquote odd characters.
-                client = clickhouse_connect.get_client(interface="chdb", path=str(path))
+
+                # path= rather than a chdb:// DSN: the DSN form does not unquote odd characters. Every
+                # client is its own chdb handle (own session settings) on the process's one engine.
+                def connect(**kw: Any) -> Any:
+                    return clickhouse_connect.get_client(interface="chdb", path=str(path), **kw)
+
                 target = f"chdb:{path}"
+            client = connect()
         except Exception as e:  # the driver raises its own, chdb's and OS errors alike
             hint = ""
             if not settings.clickhouse_url and _locked_elsewhere(settings.chdb_dir.resolve()):
                 hint = " (another process, e.g. the running sink, holds this chdb directory: use its SQL endpoint)"
             raise StoreError(f"cannot open history store: {e}{hint}") from e
-        store = cls(client, target)
+        store = cls(client, target, connect, user_session_settings(settings))
         try:
             if int(store._run(lambda c: c.command(f"EXISTS DATABASE {DATABASE}"))):
                 store._use_database()
@@ -139,6 +150,11 @@ class HistoryStore:
             text = ddl_path.read_text(encoding="utf-8")
         except OSError as e:
             raise StoreError(f"cannot read DDL {ddl_path}: {e}") from e
+        from streams.store_migrate import migrate
+
+        # Tables of an older DDL (another ORDER BY, fewer columns) first move to the current shape, rows kept.
+        migrate(ddl_statements(text), lambda sql: self._run(lambda c: c.command(sql)),
+                lambda sql: ([], [tuple(r) for r in self._run(lambda c: c.query(sql).result_rows)]))
         for statement in ddl_statements(text):
             self._run(lambda c, s=statement: c.command(s))
         self._columns.clear()
@@ -183,15 +199,52 @@ class HistoryStore:
         )
         return len(rows)
 
-    def query(self, sql: str, *, readonly: bool = False) -> tuple[list[str], list[tuple]]:
-        """Run one statement; returns (column names, rows). readonly rejects writes and DDL."""
+    def query(self, sql: str) -> tuple[list[str], list[tuple]]:
+        """Run one trusted statement of this code base; returns (column names, rows). Users: user_query."""
         # clickhouse-connect appends its own FORMAT clause, which a trailing ';' would break.
         sql = sql.strip().rstrip(";").strip()
         if not sql:
             raise StoreError("empty SQL")
-        settings = {"readonly": 2} if readonly else None  # 2: reads only, but settings may change
-        result = self._run(lambda c: c.query(sql, settings=settings))
+        result = self._run(lambda c: c.query(sql))
         return list(result.column_names), [tuple(r) for r in result.result_rows]
+
+    def user_query(self, sql: str) -> tuple[list[str], list[tuple]]:
+        """Run one statement a user wrote: the guard's checks, then the read-only, capped session.
+
+        The only way user SQL reaches the engine, for the endpoint and the stack-down CLI alike.
+        """
+        statement = sqlguard.check(sql, self._policy())
+        with self._reader_lock:
+            if self._closed:
+                raise StoreError(f"history store {self._target} is closed")
+            try:
+                if self._reader is None:
+                    self._reader = self._connect(database=DATABASE, settings=self._user_settings)
+                    if not self._table_functions:  # what this engine knows, beyond the guard's own list
+                        names = self._reader.query("SELECT name FROM system.table_functions").result_rows
+                        self._table_functions = frozenset(n.lower() for (n,) in names)
+                statement = sqlguard.check(sql, self._policy())  # again, with the engine's list
+                ast = self._reader.query(f"EXPLAIN AST {statement}").result_rows
+                sqlguard.check_ast(statement, [r[0] for r in ast], self._policy())
+                return _capped_rows(self._reader, statement, self._user_settings)
+            except QueryRejected:
+                self._drop_reader()  # a fresh handle for the next query, whatever state this one is in
+                raise
+            except Exception as e:
+                self._drop_reader()
+                raise _user_error(e, self._user_settings, self._target) from e
+
+    def _policy(self) -> sqlguard.Policy:
+        return sqlguard.Policy(tables=frozenset(TABLES.values()),
+                               table_functions=sqlguard.TABLE_FUNCTIONS | self._table_functions)
+
+    def _drop_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            try:
+                reader.close()
+            except Exception:  # closing a broken handle: nothing more to release
+                pass
 
     def count(self, kind: str) -> int:
         """Distinct events of one kind: FINAL collapses re-delivered duplicates not merged yet."""
@@ -203,6 +256,8 @@ class HistoryStore:
         if self._closed:
             return
         self._closed = True
+        with self._reader_lock:
+            self._drop_reader()
         with self._lock:
             try:
                 self._client.close()
@@ -210,104 +265,68 @@ class HistoryStore:
                 raise StoreError(f"closing {self._target}: {e}") from e
 
 
-# --- SQL over HTTP: the sink process owns the chdb directory, so other processes ask it. ---
+
+def user_session_settings(settings: Settings) -> dict[str, Any]:
+    """ClickHouse settings of the user-SQL session. readonly=1 last: after it no setting can change, so
+    neither a SETTINGS clause nor SET can lift a cap (readonly=2 would allow both), and table functions,
+    which need CREATE TEMPORARY TABLE, are refused by the engine too."""
+    return {
+        "max_execution_time": settings.sql_timeout_s,
+        "max_result_rows": settings.sql_max_rows,
+        "max_result_bytes": settings.sql_max_bytes,
+        "result_overflow_mode": "throw",
+        "max_memory_usage": settings.sql_max_memory_bytes,
+        "max_threads": settings.sql_max_threads,
+        # The engine skips the result caps for constant-only queries (SELECT arrayJoin(range(1e8))); a
+        # final LIMIT one past the cap makes them apply. _capped_rows counts again as the blocks arrive.
+        "limit": settings.sql_max_rows + 1,
+        "readonly": 1,
+    }
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, (Decimal, UUID)):
-        return str(value)
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)  # IP addresses and other driver types: their SQL text form
+def _size(value: Any) -> int:
+    """Rough bytes of a decoded value: enough to stop a result that is far over the cap."""
+    if isinstance(value, (str, bytes)):
+        return len(value) + 8
+    if isinstance(value, (list, tuple)):
+        return sum(_size(v) for v in value) + 8
+    if isinstance(value, dict):
+        return sum(_size(k) + _size(v) for k, v in value.items()) + 8
+    return 8
 
 
-@dataclass
-class SqlEndpoint:
-    """A running SQL endpoint; ``url`` is what ``query_remote`` takes."""
-
-    url: str
-    _runner: Any
-
-    async def close(self) -> None:
-        await self._runner.cleanup()
-
-
-async def serve_sql(store: HistoryStore, host: str = "127.0.0.1", port: int = 8124) -> SqlEndpoint:
-    """Serve read-only SQL on POST {url}/sql (body: SQL text) from the running event loop.
-
-    Replies JSON ``{"columns": [...], "rows": [[...]]}`` or, with status 400, ``{"error": "..."}``.
-    Datetimes come back as ISO strings. port=0 picks a free port. Queries run in a worker
-    thread so the sink's loop keeps consuming while a long SELECT runs.
-    """
-    from aiohttp import web  # only the sink process serves; the CLI should not pay for importing it
-
-    async def sql(request: web.Request) -> web.Response:
-        text = await request.text()
-        try:
-            columns, rows = await asyncio.to_thread(store.query, text, readonly=True)
-        except StoreError as e:
-            return web.json_response({"error": str(e)}, status=400)
-        body = json.dumps({"columns": columns, "rows": rows}, default=_json_default)
-        return web.Response(text=body, content_type="application/json")
-
-    async def health(_: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_post("/sql", sql)
-    app.router.add_get("/health", health)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as e:
-        await runner.cleanup()
-        raise StoreError(f"cannot serve SQL on {host}:{port}: {e}") from e
-    bound_host, bound_port = runner.addresses[0][:2]
-    if ":" in bound_host:
-        bound_host = f"[{bound_host}]"  # IPv6 literal in a URL
-    return SqlEndpoint(url=f"http://{bound_host}:{bound_port}", _runner=runner)
+def _capped_rows(client: Any, statement: str, caps: dict[str, Any]) -> tuple[list[str], list[tuple]]:
+    """Stream the result block by block and stop once it passes the row or byte cap: constant columns
+    (repeat('x', 1e6) beside arrayJoin) slip past the engine's byte count, never past this one."""
+    if not statement.lstrip("( \t\n").lower().startswith(("select", "with")):
+        result = client.query(statement)  # SHOW, DESCRIBE, EXPLAIN: small, and chdb cannot stream them
+        return list(result.column_names), [tuple(r) for r in result.result_rows]
+    rows: list[tuple] = []
+    size = 0
+    with client.query_row_block_stream(statement) as stream:
+        columns = list(stream.source.column_names)
+        for block in stream:
+            rows.extend(tuple(r) for r in block)
+            size += sum(_size(r) for r in block)
+            if len(rows) > caps["max_result_rows"] or size > caps["max_result_bytes"]:
+                raise QueryRejected("query rejected: " + _CAP_ERRORS["TOO_MANY_ROWS_OR_BYTES"].format(**caps))
+    return columns, rows
 
 
-def _post_sql(url: str, sql: str, timeout_s: float) -> tuple[list[str], list[tuple]]:
-    """POST to the endpoint; lets httpx transport errors through so callers can fall back."""
-    response = httpx.post(f"{url.rstrip('/')}/sql", content=sql.encode("utf-8"), timeout=timeout_s)
-    try:
-        body = response.json()
-    except ValueError as e:
-        raise StoreError(f"{url}: not a selfevolve SQL endpoint (HTTP {response.status_code})") from e
-    if response.status_code != 200:
-        raise StoreError(f"{url}: {body.get('error', body)}")
-    return list(body["columns"]), [tuple(r) for r in body["rows"]]
+_CAP_ERRORS = {
+    "TOO_MANY_ROWS_OR_BYTES": "the result is over the cap of {max_result_rows} rows or {max_result_bytes} bytes "
+                              "(sql_max_rows, sql_max_bytes): add a LIMIT or aggregate",
+    "TIMEOUT_EXCEEDED": "the query ran over {max_execution_time} s (sql_timeout_s)",
+    "TOO_SLOW": "the query would run over {max_execution_time} s (sql_timeout_s)",
+    "MEMORY_LIMIT_EXCEEDED": "the query needs more than {max_memory_usage} bytes of memory (sql_max_memory_bytes)",
+    "READONLY": "the SQL session is read-only: no writes, DDL, settings or table functions",
+}
 
 
-def query_remote(url: str, sql: str, timeout_s: float = 60.0) -> tuple[list[str], list[tuple]]:
-    """Run SQL on a live sink's endpoint; values are JSON-typed (datetimes as ISO strings)."""
-    try:
-        return _post_sql(url, sql, timeout_s)
-    except httpx.HTTPError as e:
-        raise StoreError(f"SQL endpoint {url} unreachable: {e}") from e
-
-
-def run_sql(settings: Settings, sql: str, url: str = DEFAULT_SQL_URL) -> tuple[list[str], list[tuple]]:
-    """What ``selfevolve sql`` runs: the live sink's endpoint first, else the store itself.
-
-    A ClickHouse server serves many clients, so it is queried directly. chdb is single-process:
-    while the stack runs, the sink holds the directory and answers on ``url``; when the endpoint
-    does not answer, the stack is down and the directory is opened here.
-    """
-    if not settings.clickhouse_url:
-        try:
-            return _post_sql(url, sql, 60.0)
-        except (httpx.ConnectError, httpx.ConnectTimeout):
-            pass  # nothing listening: the stack is down
-        except httpx.HTTPError as e:
-            raise StoreError(f"SQL endpoint {url} failed: {e}") from e
-    with HistoryStore.open(settings) as store:
-        if not settings.clickhouse_url:
-            store.ensure_schema()  # so FROM answers resolves even before the first sink run
-        return store.query(sql)
+def _user_error(e: Exception, caps: dict[str, Any], target: str) -> StoreError:
+    """A cap or the read-only session said no: say which; anything else (a typo) stays a StoreError."""
+    text = str(e)
+    for code, message in _CAP_ERRORS.items():
+        if f"({code})" in text:
+            return QueryRejected(f"query rejected: {message.format(**caps)}")
+    return StoreError(f"{target}: {text}")

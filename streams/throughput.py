@@ -15,11 +15,12 @@ import numpy as np
 from selfevolve.codec import Codec
 from selfevolve.config import Settings
 from selfevolve.data.routerbench import load_dir
+from selfevolve.tenancy import query_key
 from selfevolve.topics import Topics
 from streams.demo import wait_ready
 from streams.kafka_io import ensure_topics, producer, tail_consumer
 from streams.replay import replay
-from streams.stack import Stack, broker_for
+from streams.stack import Stack, broker_for, operator_settings
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -108,7 +109,7 @@ async def pipeline(settings: Settings, items: list[tuple[str, str, str]]) -> dic
         rec = {"query_id": qid, "text": text, "tenant": "bench", "metadata": {"sample_id": sample_id},
                "ts_ms": int(time.time() * 1000)}
         sent[qid] = time.perf_counter()
-        await prod.send(topics.queries, key=qid.encode(), value=codec.encode("query", rec))
+        await prod.send(topics.queries, key=query_key("bench", qid).encode(), value=codec.encode("query", rec))
     await prod.flush()
     try:
         await asyncio.wait_for(reader, 3600)
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    base = Settings()
+    base = Settings.load()
     data = args.data or (base.data_dir / "routerbench-0shot")
     if not data.exists():
         data = base.replay_dir
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(settings)
     print(f"[throughput] {args.n} queries from {data}; broker and workers under {home}", flush=True)
     stack.up()
+    settings = operator_settings(settings)  # with Kafka security on: the bench broker's admin
     try:
         wait_ready(settings)
         if args.warmup:

@@ -16,6 +16,7 @@ from selfevolve.config import Settings
 from selfevolve.deadletter import dead_letter
 from selfevolve.errors import DecodeError, SelfEvolveError, ValidationError
 from selfevolve.serving import serve_request
+from selfevolve.tenancy import record_key
 from selfevolve.topics import Topics
 
 log = logging.getLogger("selfevolve.model_worker")
@@ -26,6 +27,7 @@ async def run(settings: Settings, backends_served: tuple[str, ...], worker_id: s
               stop: asyncio.Event) -> None:
     """Consume-transform-produce loop; each poll's responses and offsets commit in one transaction."""
     from selfevolve.backends.registry import build_backend
+    from streams.kafka_io import client_options
 
     topics = Topics.from_settings(settings)
     codec = Codec.from_dir()
@@ -36,10 +38,11 @@ async def run(settings: Settings, backends_served: tuple[str, ...], worker_id: s
                if "local" in backends else None)
     consumer = AIOKafkaConsumer(
         *[topics.requests_for(b) for b in backends_served],
-        bootstrap_servers=settings.kafka_bootstrap, group_id=GROUP,
+        bootstrap_servers=settings.kafka_bootstrap, group_id=GROUP, **client_options(settings),
         enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed")
     # A stable transactional id fences a killed predecessor: its open transaction is aborted.
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, **client_options(settings),
+                                max_request_size=settings.kafka_max_message_bytes,
                                 transactional_id=f"selfevolve-model-worker-{worker_id}")
     from streams.kafka_io import ensure_topics
 
@@ -102,15 +105,25 @@ async def follow_versions(settings: Settings, codec: Codec, topics: Topics, back
 
 async def _handle(msg, codec: Codec, catalogue: Catalogue, backends, settings: Settings,
                   topics: Topics) -> tuple[str, bytes | None, bytes]:
+    """The response to one request message, or its dead letter if it cannot be read or served."""
     now = int(time.time() * 1000)
     try:
-        request = codec.decode("inference_request", msg.value)
-    except (DecodeError, ValidationError) as e:
-        record = dead_letter(msg.topic, msg.partition, msg.offset, msg.value or b"", e, now)
-        return topics.dead_letter, msg.key, codec.encode("dead_letter", record)
+        return await _serve(msg, codec, catalogue, backends, settings, topics, now)
+    except Exception as e:  # noqa: BLE001 - one poison request must not stop the worker
+        if not isinstance(e, (DecodeError, ValidationError)):
+            log.exception("dead-lettering request at %s/%s: serving it failed", msg.partition, msg.offset)
+        record = dead_letter(msg.topic, msg.partition, msg.offset, msg.value or b"", e, now,
+                             max_payload=settings.dead_letter_payload_bytes)
+        return topics.dead_letter, (msg.key or b"")[:256] or None, codec.encode("dead_letter", record)
+
+
+async def _serve(msg, codec: Codec, catalogue: Catalogue, backends, settings: Settings, topics: Topics,
+                 now: int) -> tuple[str, bytes | None, bytes]:
+    request = codec.decode("inference_request", msg.value)
     response = await serve_request(request, catalogue, backends,
                                    timeout_s=settings.backend_timeout_s, now_ms=now)
-    return topics.inference_responses, request["query_id"].encode(), codec.encode(
+    # Keyed by (tenant, query id) like the query's decision, so the scorer finds both in one partition.
+    return topics.inference_responses, record_key(request).encode(), codec.encode(
         "inference_response", response)
 
 
@@ -120,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-id", default="0")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = Settings()
+    settings = Settings.load()
 
     async def _main() -> None:
         stop = asyncio.Event()

@@ -69,13 +69,17 @@ class Trainer:
 
 
 async def run(settings: Settings, student: str, steps: int, stop: asyncio.Event) -> None:
+    from streams.kafka_io import client_options
+
     topics = Topics.from_settings(settings)
     codec = Codec.from_dir()
     trainer = Trainer(settings, Catalogue.load(settings.catalogue), student, steps)
     consumer = AIOKafkaConsumer(topics.route_decisions, topics.inference_responses, topics.scores, topics.spawns,
                                 bootstrap_servers=settings.kafka_bootstrap, group_id="selfevolve-trainer",
+                                **client_options(settings),
                                 auto_offset_reset="earliest", enable_auto_commit=True)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True,
+                                **client_options(settings))
     await consumer.start()
     await producer.start()
     try:
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run(Settings(), args.student, args.steps, stop)
+        await run(Settings.load(), args.student, args.steps, stop)
 
     asyncio.run(_main())
     return 0

@@ -10,6 +10,15 @@
 -- duplicates collapse at merge time. Merges are lazy: analytic SQL must read with FINAL
 -- (SELECT ... FROM answers FINAL) to count each event once.
 --
+-- A query is (tenant, query_id): two tenants may use the same id, so every table keyed by a query id has
+-- tenant first in its ORDER BY (issue #12). A tenant reusing one of its own ids gets a dead letter, yet
+-- its second query and decision still reach these tables: queries and route_decisions keep the earliest
+-- row per key (version first_seen, larger for an earlier ts_ms), so the stored query is the one that was
+-- answered; a re-delivery is the same row.
+--
+-- CREATE TABLE IF NOT EXISTS never changes an existing table: streams/store_migrate.py moves a table whose
+-- ORDER BY or columns differ from this file into a new one (rows kept) before these statements run.
+--
 -- streams/store.py strips '--' comments, then splits statements on semicolons: keep both out of literals.
 
 CREATE DATABASE IF NOT EXISTS selfevolve;
@@ -22,14 +31,15 @@ CREATE TABLE IF NOT EXISTS selfevolve.queries
     tenant String DEFAULT 'default',
     metadata Map(String, String),
     ts_ms Int64,
-    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC'),
+    first_seen UInt64 MATERIALIZED toUInt64(9223372036854775807 - ts_ms)
 )
-ENGINE = ReplacingMergeTree
-ORDER BY query_id;
+ENGINE = ReplacingMergeTree(first_seen)
+ORDER BY (tenant, query_id);
 
 CREATE TABLE IF NOT EXISTS selfevolve.route_decisions
 (
-    version Int32 DEFAULT 2,
+    version Int32 DEFAULT 3,
     query_id String,
     tenant String,
     strategy String,
@@ -41,11 +51,13 @@ CREATE TABLE IF NOT EXISTS selfevolve.route_decisions
     decision_ms Float64,
     metadata Map(String, String) DEFAULT map(),
     plan String DEFAULT '',
+    source String DEFAULT '',
     ts_ms Int64,
-    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC'),
+    first_seen UInt64 MATERIALIZED toUInt64(9223372036854775807 - ts_ms)
 )
-ENGINE = ReplacingMergeTree
-ORDER BY query_id;
+ENGINE = ReplacingMergeTree(first_seen)
+ORDER BY (tenant, query_id);
 
 CREATE TABLE IF NOT EXISTS selfevolve.inference_requests
 (
@@ -64,7 +76,7 @@ CREATE TABLE IF NOT EXISTS selfevolve.inference_requests
     ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
 )
 ENGINE = ReplacingMergeTree
-ORDER BY request_id;
+ORDER BY (tenant, request_id);
 
 CREATE TABLE IF NOT EXISTS selfevolve.inference_responses
 (
@@ -87,12 +99,13 @@ CREATE TABLE IF NOT EXISTS selfevolve.inference_responses
     ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
 )
 ENGINE = ReplacingMergeTree
-ORDER BY request_id;
+ORDER BY (tenant, request_id);
 
 CREATE TABLE IF NOT EXISTS selfevolve.scores
 (
-    version Int32 DEFAULT 2,
+    version Int32 DEFAULT 3,
     query_id String,
+    tenant String DEFAULT 'default',
     model String,
     relevance Float64,
     correctness Float64,
@@ -108,7 +121,7 @@ CREATE TABLE IF NOT EXISTS selfevolve.scores
     ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
 )
 ENGINE = ReplacingMergeTree
-ORDER BY (query_id, model);
+ORDER BY (tenant, query_id, model);
 
 CREATE TABLE IF NOT EXISTS selfevolve.answers
 (
@@ -128,21 +141,22 @@ CREATE TABLE IF NOT EXISTS selfevolve.answers
     ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
 )
 ENGINE = ReplacingMergeTree
-ORDER BY query_id;
+ORDER BY (tenant, query_id);
 
--- One verdict per (query, model): a later verdict replaces an earlier one rather than adding to it.
+-- One verdict per (tenant, query, model): a later verdict replaces an earlier one rather than adding to it.
 CREATE TABLE IF NOT EXISTS selfevolve.feedback
 (
-    version Int32 DEFAULT 1,
+    version Int32 DEFAULT 2,
     query_id String,
     model String,
+    tenant String DEFAULT 'default',
     quality Float64,
     source String DEFAULT 'user',
     ts_ms Int64,
     ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
 )
 ENGINE = ReplacingMergeTree
-ORDER BY (query_id, model);
+ORDER BY (tenant, query_id, model);
 
 -- partition and offset are keywords in ClickHouse SQL, hence the backquotes.
 CREATE TABLE IF NOT EXISTS selfevolve.dead_letters
@@ -154,11 +168,18 @@ CREATE TABLE IF NOT EXISTS selfevolve.dead_letters
     reason String,
     error_type String,
     payload String,
+    payload_len Int64 DEFAULT -1,
+    payload_sha256 String DEFAULT '',
     ts_ms Int64,
     ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (source_topic, `partition`, `offset`);
+
+-- v2 dead letters keep a prefix of the payload with its whole length and digest; a store made before
+-- them gains the columns here (a no-op on a new one). -1 and '' mark v1 rows, whose payload is whole.
+ALTER TABLE selfevolve.dead_letters ADD COLUMN IF NOT EXISTS payload_len Int64 DEFAULT -1 AFTER payload;
+ALTER TABLE selfevolve.dead_letters ADD COLUMN IF NOT EXISTS payload_sha256 String DEFAULT '' AFTER payload_len;
 
 -- The events below carry no id: the producer's ts_ms together with what changed identifies one.
 CREATE TABLE IF NOT EXISTS selfevolve.model_events

@@ -9,6 +9,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from infra.kafka.security import ADMIN_USER, SCRAM_MECHANISM, make_tls, secure_properties, write_private
 from selfevolve.errors import BrokerError
 
 DEFAULT_VERSION = "4.3.1"
@@ -28,6 +30,8 @@ STORAGE_TOOL = "kafka.tools.StorageTool"
 # C1-only JIT halves start time on a busy 2-core box (measured 22.7 s -> 11.4 s at load 8); a dev/test
 # broker never runs long enough to miss C2. SerialGC: small heap, no GC threads competing for cores.
 JVM_FLAGS = ("-Xms256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
+# Kafka security modes: "none" is today's PLAINTEXT (the demo); "sasl" is SASL/SCRAM with ACLs; "sasl_ssl" adds TLS.
+SECURITY_MODES = ("none", "sasl", "sasl_ssl")
 
 
 def random_cluster_id() -> str:
@@ -40,10 +44,12 @@ def random_cluster_id() -> str:
 
 
 def broker_properties(
-    log_dir: Path, port: int, controller_port: int, partitions: int = 1, node_id: int = 1
+    log_dir: Path, port: int, controller_port: int, partitions: int = 1, node_id: int = 1,
+    security: str = "none", admin_password: str | None = None, tls: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """server.properties of a combined broker+controller that lives alone on 127.0.0.1."""
-    return {
+    """server.properties of a combined broker+controller that lives alone on 127.0.0.1; with security on,
+    the client listener takes SASL/SCRAM (over TLS for sasl_ssl) and the StandardAuthorizer enforces ACLs."""
+    props = {
         "process.roles": "broker,controller",
         "node.id": str(node_id),
         "controller.quorum.voters": f"{node_id}@127.0.0.1:{controller_port}",
@@ -69,6 +75,8 @@ def broker_properties(
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "true",
         "delete.topic.enable": "true",
+        # = selfevolve.config.KAFKA_MESSAGE_MAX_BYTES, every producer's max_request_size (a test checks).
+        "message.max.bytes": str(1024 * 1024),
         # The dev machine has 2 cores shared by many: keep the thread count small.
         "num.network.threads": "2",
         "num.io.threads": "2",
@@ -76,6 +84,9 @@ def broker_properties(
         "num.recovery.threads.per.data.dir": "1",
         "log.cleaner.threads": "1",
     }
+    if security != "none":
+        props.update(secure_properties(port, controller_port, security, admin_password or "", tls))
+    return props
 
 
 def _escape(text: str, is_key: bool) -> str:
@@ -130,11 +141,12 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
     return False
 
 
-async def serves_metadata(bootstrap: str, timeout: float = 5.0) -> bool:
-    """True once the broker answers a Metadata request that lists at least one broker."""
+async def serves_metadata(bootstrap: str, timeout: float = 5.0, **client_options: Any) -> bool:
+    """True once the broker answers a Metadata request that lists at least one broker; client_options
+    (streams.kafka_io.security_options) authenticate the probe to a secured broker."""
     from aiokafka import AIOKafkaClient  # infra may use aiokafka; only selfevolve/ must not
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **client_options)
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
         return bool(client.cluster.brokers())
@@ -182,7 +194,10 @@ class KafkaBroker:
         version: str = DEFAULT_VERSION,
         heap: str = "512m",
         partitions: int = 1,
+        security: str = "none",
     ) -> None:
+        if security not in SECURITY_MODES:
+            raise BrokerError(f"unknown Kafka security mode {security!r}; expected one of {', '.join(SECURITY_MODES)}")
         self.cache_dir = Path(cache_dir).resolve()
         self.data_dir = Path(data_dir).resolve()
         self.port = port
@@ -196,11 +211,35 @@ class KafkaBroker:
         self.pid_file = self.data_dir / "kafka.pid"
         self.properties_file = self.data_dir / "server.properties"
         self.log4j_file = self.data_dir / "log4j2.properties"
+        self.security = security
+        # Secrets of a secured broker, readable by its owner only: the admin's password, the TLS files.
+        self.secrets_dir = self.data_dir / "secrets"
+        self.admin_password_file = self.secrets_dir / "admin-password"
+        self.tls_dir = self.secrets_dir / "tls"
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA certificate clients trust for a sasl_ssl broker (made at first start)."""
+        return self.tls_dir / "ca.pem" if self.security == "sasl_ssl" else None
+
+    def admin_password(self) -> str | None:
+        """The super user's password (made at first format), or None when security is off."""
+        if self.security == "none":
+            return None
+        if not self.admin_password_file.exists():
+            write_private(self.admin_password_file, secrets.token_urlsafe(32))
+        return self.admin_password_file.read_text().strip()
+
+    def admin_options(self) -> dict[str, Any]:
+        """aiokafka keyword arguments that connect as the super user ({} when security is off)."""
+        from streams.kafka_io import security_options  # the one place that builds client security options
+
+        return security_options(self.security, ADMIN_USER, self.admin_password(), self.ca_file)
 
     def _java(self, main: str, *args: str) -> list[str]:
         return java_command(self.libs_dir, self.heap, self.log4j_file, main, *args)
@@ -243,9 +282,23 @@ class KafkaBroker:
 
     def _write_config(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        props = broker_properties(self.log_dir, self.port, self.controller_port, self.partitions)
-        self.properties_file.write_text(render_properties(props))
+        self._check_mode()
+        tls = make_tls(self.tls_dir) if self.security == "sasl_ssl" else None
+        props = broker_properties(self.log_dir, self.port, self.controller_port, self.partitions,
+                                  security=self.security, admin_password=self.admin_password(), tls=tls)
+        # It holds the admin's password when security is on: the owner alone reads it.
+        write_private(self.properties_file, render_properties(props))
         self.log4j_file.write_text(log4j2_properties(self.log_file))
+
+    def _check_mode(self) -> None:
+        """A data dir formatted without the admin's SCRAM credential cannot become a secured broker."""
+        mode_file = self.data_dir / "security-mode"
+        if not self.is_formatted():
+            return
+        formatted = mode_file.read_text().strip() if mode_file.exists() else "none"
+        if (formatted == "none") != (self.security == "none"):
+            raise BrokerError(f"{self.data_dir} was formatted with Kafka security {formatted!r}, not "
+                              f"{self.security!r}: remove that folder (its topics go with it) or keep the mode")
 
     def is_formatted(self) -> bool:
         return (self.log_dir / "meta.properties").exists()
@@ -257,10 +310,21 @@ class KafkaBroker:
             return  # a restarted broker keeps its topics and committed offsets
         self._need_java()
         cid = random_cluster_id()
-        cmd = self._java(STORAGE_TOOL, "format", "-t", cid, "-c", str(self.properties_file))
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        args = ["format", "-t", cid, "-c", str(self.properties_file)]
+        if self.security != "none":
+            # The admin's SCRAM credential goes into the first metadata; the arguments travel in a 0600
+            # @argfile (StorageTool reads it) so the password never shows in the process list.
+            args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={ADMIN_USER},password={self.admin_password()}]"]
+        argfile = self.secrets_dir / "format.args"
+        write_private(argfile, "\n".join(args) + "\n")  # one argument a line (no blanks in any)
+        try:
+            cmd = self._java(STORAGE_TOOL, f"@{argfile}")
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        finally:
+            argfile.unlink(missing_ok=True)
         if done.returncode != 0 or not self.is_formatted():
             raise BrokerError(f"kafka-storage format failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+        (self.data_dir / "security-mode").write_text(f"{self.security}\n")
 
     def pid(self) -> int | None:
         """The broker's pid from the pid file, if that process is still a live Kafka JVM."""
@@ -316,7 +380,7 @@ class KafkaBroker:
             while time.monotonic() < deadline:
                 if not self.is_running():
                     raise BrokerError(f"Kafka exited during start; see {self.log_file} and console.log")
-                if port_open(self.port) and _run_coroutine(serves_metadata(self.bootstrap)):
+                if port_open(self.port) and _run_coroutine(serves_metadata(self.bootstrap, **self.admin_options())):
                     return
                 time.sleep(0.25)
         finally:
@@ -344,12 +408,12 @@ class KafkaBroker:
 def _build(args: argparse.Namespace) -> KafkaBroker:
     from selfevolve.config import Settings  # CLI defaults only; the class itself never reads settings
 
-    s = Settings()
+    s = Settings.load()
     port = args.port or int(s.kafka_bootstrap.rsplit(":", 1)[1])
     data = Path(args.data) if args.data else s.home / "kafka"
     return KafkaBroker(
         s.cache_dir / "kafka", data, port=port, controller_port=args.controller_port or port + 1,
-        version=args.version, partitions=s.topic_partitions,
+        version=args.version, partitions=s.topic_partitions, security=s.kafka_security,
     )  # fmt: skip
 
 

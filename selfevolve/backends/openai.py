@@ -66,8 +66,8 @@ class OpenAIBackend:
         if opts.get("logprobs", True):
             body["logprobs"] = True
         headers = {"Content-Type": "application/json"}
-        if self._settings.openai_api_key:
-            headers["Authorization"] = f"Bearer {self._settings.openai_api_key}"
+        if self._settings.openai_api_key is not None:  # a SecretStr: revealed only into this header
+            headers["Authorization"] = f"Bearer {self._settings.openai_api_key.get_secret_value()}"
         return url, body, headers
 
     async def complete(

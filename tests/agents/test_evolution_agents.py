@@ -45,11 +45,14 @@ def test_feedback_agent_learns_only_about_called_models(harness):
                         Record(query_id="q1", costs={"m1": 0.1}, quality={"m1": None}, winner="m1"))
 
     async def run():
-        async with h.agent("feedback").test_context() as agent:
-            for model, q in (("m1", 1.0), ("m2", 0.0)):
-                fb = {"query_id": "q1", "model": model, "quality": q, "source": "test", "ts_ms": 1}
-                await agent.put(h.rt.codec.encode("feedback", fb))
-            await asyncio.sleep(1.0)
+        from types import SimpleNamespace
+
+        from streams.feedback import feedback_batch
+
+        msgs = [SimpleNamespace(topic=h.rt.topics.feedback, partition=0, offset=i, key=None, value=h.rt.codec.encode(
+                    "feedback", {"query_id": "q1", "model": model, "quality": q, "source": "test", "ts_ms": 1}))
+                for i, (model, q) in enumerate((("m1", 1.0), ("m2", 0.0)))]
+        await feedback_batch(h.rt, core, msgs)
 
     asyncio.run(run())
     rec = core["history"].get("q1")

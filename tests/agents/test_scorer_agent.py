@@ -19,7 +19,7 @@ def _decision(h, qid: str, text: str):
     d = core["router"].route(RouteQuery(qid, text, "t1"))
     from selfevolve.wire import decision_record
 
-    core["vectors"][qid] = core["embedder"].encode([text])[0]  # what the router leaves for the scorer
+    core["vectors"][f"t1/{qid}"] = core["embedder"].encode([text])[0]  # what the router leaves for the scorer
     return d, decision_record(d, {"sample_id": qid}, 1.0, int(time.time() * 1000))
 
 
@@ -68,7 +68,7 @@ def test_decision_calls_then_one_answer_even_with_duplicate_responses(harness):
     assert a["query_id"] == "q-1" and a["answer"] == "B" and a["tenant"] == "t1"
     assert set(a["models_called"]) == {r["model"] for r in h.of_kind("inference_request")}
     assert sum(s["winner"] for s in h.of_kind("score")) == 1
-    assert h.rt.core["history"].get("q-1") is not None  # delivered queries join the history
+    assert h.rt.core["history"].get("q-1", "t1") is not None  # delivered queries join the history
 
 
 def test_failed_backend_falls_back_to_the_next_tier(harness):
@@ -129,7 +129,7 @@ def test_changelog_is_written_only_after_the_broker_acknowledges_the_answer(harn
     before, after = asyncio.run(run())
     assert h.of_kind("answer"), "the answer was sent"
     assert before == [], "the changelog was written before the answer was acknowledged"
-    assert [json.loads(v) for _, k, v, _ in after if k == b"q-ack"] == [{"done": True}]
+    assert [json.loads(v) for _, k, v, _ in after if k == b"t1/q-ack"] == [{"done": True}]
 
 
 def test_a_restarted_scorer_resumes_from_its_changelog(harness):
@@ -193,9 +193,9 @@ def test_answered_markers_are_bounded_and_tombstoned(harness):
 
     scorer = asyncio.run(run())
     assert {a["query_id"] for a in h.of_kind("answer")} == {"q-old", "q-new"}
-    assert list(scorer.done) == [(0, "q-new")]
-    assert scorer.table.get(0, "q-old") is None and scorer.table.get(0, "q-new") == {"done": True}
-    assert (h.rt.topics.prefix + "scorer-state-changelog", b"q-old", None, 0) in h.raw, "no tombstone for q-old"
+    assert list(scorer.done) == [(0, "t1/q-new")]  # keyed by (tenant, query id)
+    assert scorer.table.get(0, "t1/q-old") is None and scorer.table.get(0, "t1/q-new") == {"done": True}
+    assert (h.rt.topics.prefix + "scorer-state-changelog", b"t1/q-old", None, 0) in h.raw, "no tombstone for q-old"
 
 
 CODE_Q = "Write a python function add(a, b) that returns a + b."

@@ -1,4 +1,5 @@
-"""Integration fixtures: one real KRaft Kafka broker per session, and per-test topics and Settings."""
+"""Integration fixtures: one real KRaft Kafka broker per session (SASL/SCRAM with the StandardAuthorizer, as in
+production), and per-test topics and Settings (signed in as the broker's super user unless told otherwise)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from infra.kafka.launcher import KafkaBroker
+from infra.kafka.security import ADMIN_USER
 from selfevolve.config import Settings
 
 
@@ -38,13 +40,16 @@ def kafka_cache_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def new_broker(tmp_path_factory: pytest.TempPathFactory, kafka_cache_dir: Path) -> Iterator[Callable[[], KafkaBroker]]:
-    """Factory of extra, not yet started brokers on free ports; each is stopped at session end."""
+def new_broker(tmp_path_factory: pytest.TempPathFactory,
+               kafka_cache_dir: Path) -> Iterator[Callable[..., KafkaBroker]]:
+    """Factory of extra, not yet started brokers on free ports (security "sasl" unless told: "none",
+    "sasl_ssl"); each is stopped at session end."""
     made: list[KafkaBroker] = []
 
-    def make() -> KafkaBroker:
+    def make(security: str = "sasl") -> KafkaBroker:
         port, controller = free_ports(2)
-        broker = KafkaBroker(kafka_cache_dir, tmp_path_factory.mktemp("kafka"), port=port, controller_port=controller)
+        broker = KafkaBroker(kafka_cache_dir, tmp_path_factory.mktemp("kafka"), port=port, controller_port=controller,
+                             security=security)
         made.append(broker)
         return broker
 
@@ -55,7 +60,8 @@ def new_broker(tmp_path_factory: pytest.TempPathFactory, kafka_cache_dir: Path) 
 
 @pytest.fixture(scope="session")
 def kafka_broker(new_broker: Callable[[], KafkaBroker]) -> KafkaBroker:
-    """The session's broker, started fresh in a tmp folder; tests must not stop it."""
+    """The session's broker, started fresh in a tmp folder with SASL/SCRAM and the StandardAuthorizer (only
+    its admin exists until a test provisions more); tests must not stop it."""
     broker = new_broker()
     broker.start()
     return broker
@@ -73,11 +79,15 @@ def topic_prefix() -> str:
 
 
 @pytest.fixture
-def make_settings(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Callable[..., Settings]:
-    """Settings bound to the test broker, the test's topics and a tmp home; kwargs override any field."""
+def make_settings(kafka_broker: KafkaBroker, topic_prefix: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings bound to the test broker (as its super user), the test's topics and a tmp home; kwargs
+    override any field (kafka_username/kafka_password: another principal)."""
 
     def make(**overrides: object) -> Settings:
-        fields: dict[str, object] = {"kafka_bootstrap": kafka_bootstrap, "topic_prefix": topic_prefix, "home": tmp_path}
+        fields: dict[str, object] = {
+            "kafka_bootstrap": kafka_broker.bootstrap, "topic_prefix": topic_prefix, "home": tmp_path,
+            "kafka_security": kafka_broker.security, "kafka_username": ADMIN_USER,
+            "kafka_password": kafka_broker.admin_password(), "kafka_ca_file": kafka_broker.ca_file}
         fields.update(overrides)
         return Settings(**fields)
 

@@ -17,7 +17,7 @@ from selfevolve.codec import Codec
 from selfevolve.topics import Topics
 from streams.app import app_id
 from streams.demo import wait_ready
-from streams.kafka_io import tail_consumer
+from streams.kafka_io import client_options, tail_consumer
 from streams.replay import replay
 from streams.stack import Stack
 
@@ -59,7 +59,8 @@ def _tables(settings) -> dict:
 async def _group_offsets(settings, commit: dict[int, int] | None = None) -> dict[int, int | None]:
     """The history worker's committed offsets on the scores topic; with `commit`, set them first."""
     topic = Topics.from_settings(settings).scores
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=app_id(settings, "history"),
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, **client_options(settings),
+                                group_id=app_id(settings, "history"),
                                 enable_auto_commit=False)
     await consumer.start()
     try:

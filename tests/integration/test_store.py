@@ -16,7 +16,8 @@ import pytest
 
 from selfevolve.config import Settings
 from selfevolve.errors import StoreError
-from streams.store import TABLES, HistoryStore, ddl_statements, query_remote, run_sql, serve_sql
+from streams.sqlclient import query_remote, run_sql, serve_sql, sql_token
+from streams.store import TABLES, HistoryStore, ddl_statements
 
 pytestmark = pytest.mark.integration
 
@@ -177,11 +178,13 @@ def test_second_process_cannot_open_the_same_chdb_dir(settings, store):
 def test_sql_endpoint_serves_reads_and_cli_falls_back_when_down(settings, store):
     store.insert("score", _rows("score"))
 
+    token = sql_token(settings)
+
     async def scenario():
-        endpoint = await serve_sql(store, "127.0.0.1", 0)
+        endpoint = await serve_sql(store, settings, port=0)
         try:
             sql = "SELECT model, toStartOfDay(ts) AS d, winner FROM scores FINAL ORDER BY ts_ms LIMIT 1;"
-            cols, rows = await asyncio.to_thread(query_remote, endpoint.url, sql)
+            cols, rows = await asyncio.to_thread(query_remote, endpoint.url, sql, token)
             assert cols == ["model", "d", "winner"]
             assert rows == [("model-0", "2025-01-01T00:00:00", True)]
             # While the store is open here, the CLI path must answer through the endpoint.
@@ -190,12 +193,12 @@ def test_sql_endpoint_serves_reads_and_cli_falls_back_when_down(settings, store)
             # While a query runs in a thread, the sink can keep inserting.
             await asyncio.gather(
                 asyncio.to_thread(store.insert, "feedback", _rows("feedback")),
-                asyncio.to_thread(query_remote, endpoint.url, "SELECT count() FROM scores"),
+                asyncio.to_thread(query_remote, endpoint.url, "SELECT count() FROM scores", token),
             )
-            with pytest.raises(StoreError, match="(?i)readonly"):
-                await asyncio.to_thread(query_remote, endpoint.url, "DROP TABLE scores")
+            with pytest.raises(StoreError, match="query rejected: DROP statements are not allowed"):
+                await asyncio.to_thread(query_remote, endpoint.url, "DROP TABLE scores", token)
             with pytest.raises(StoreError, match="(?i)syntax"):
-                await asyncio.to_thread(query_remote, endpoint.url, "SELEC 1")
+                await asyncio.to_thread(query_remote, endpoint.url, "SELECT (1, ", token)
             url = endpoint.url
         finally:
             await endpoint.close()
@@ -204,6 +207,6 @@ def test_sql_endpoint_serves_reads_and_cli_falls_back_when_down(settings, store)
     url = asyncio.run(scenario())
     assert store.count("score") == N and store.count("feedback") == N
     with pytest.raises(StoreError, match="unreachable"):
-        query_remote(url, "SELECT 1")
+        query_remote(url, "SELECT 1", token)
     store.close()  # the stack is down: the CLI opens the directory itself
     assert run_sql(settings, "SELECT count() FROM feedback FINAL", url) == (["count()"], [(N,)])

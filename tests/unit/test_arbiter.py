@@ -80,12 +80,99 @@ def test_failed_call_falls_back_to_the_next_tier():
     assert out[-1].winner == "next" and out[-1].fallbacks == ("next",)
 
 
-def test_duplicate_and_foreign_responses_change_nothing():
+def test_duplicate_and_foreign_responses_change_nothing_and_are_rejected():
     s, _ = arbiter.start(_decision(PARALLEL, ["a", "b"]))
     s, _ = arbiter.step(s, _resp("a", "A"))
     s2, out = arbiter.step(s, _resp("a", "B"))
     s3, out3 = arbiter.step(s2, _resp("zzz", "B"))
-    assert out == [] == out3 and s2 == s == s3
+    assert s2 == s == s3
+    assert [type(o) for o in out + out3] == [arbiter.Rejected, arbiter.Rejected]
+    assert "duplicate" in out[0].reason and out3[0].model == "zzz"
+
+
+def _rid(model, stage=0, qid="q", tenant="t"):
+    return arbiter.request_id(tenant, arbiter.Call(qid, model, stage))
+
+
+def _forged(model, answer, stage=0, request_id=None, qid="q", ok=True):
+    return arbiter.Response(qid, model, answer, ok, 0.001, stage, request_id=request_id)
+
+
+@pytest.mark.parametrize("forged, why", [
+    (_forged("b", "A", request_id=_rid("b")), "model 'b'"),  # a model never called
+    (_forged("a", "A", stage=1, request_id=_rid("a", 1)), "stage 1"),  # a stage not reached
+    (_forged("a", "A", request_id=_rid("b")), "request id"),  # the id of another call
+    (_forged("a", "A", request_id="q:0:a"), "request id"),  # an id without the tenant
+    (_forged("a", "A", request_id=_rid("a", tenant="other")), "request id"),  # another tenant's id
+    (_forged("a", "A", qid="q2", request_id=_rid("a", qid="q2")), "query"),  # another query's response
+])
+def test_a_response_to_no_call_made_is_rejected_and_changes_nothing(forged, why):
+    s, calls = arbiter.start(_decision(TARGETED, ["a"]))
+    assert [c.model for c in calls] == ["a"]
+    s2, out = arbiter.step(s, forged)
+    assert s2 == s and len(out) == 1 and isinstance(out[0], arbiter.Rejected) and why in out[0].reason
+    assert out[0].request_id == forged.request_id
+    s3, out = arbiter.step(s2, _forged("a", "B", request_id=_rid("a")))  # the real response still counts
+    assert isinstance(out[-1], arbiter.Verdict) and out[-1].answer == "B"
+
+
+def test_responses_before_the_decision_or_after_the_verdict_are_rejected():
+    s0 = arbiter.State()
+    s1, out = arbiter.step(s0, _forged("a", "A", request_id=_rid("a")))
+    assert s1 == s0 and "no decision" in out[0].reason
+    s, _ = arbiter.start(_decision(TARGETED, ["a"]))
+    s, _ = arbiter.step(s, _forged("a", "A", request_id=_rid("a")))
+    assert s.done
+    s2, out = arbiter.step(s, _forged("a", "B", request_id=_rid("a")))
+    assert s2 == s and "already answered" in out[0].reason
+
+
+def test_a_second_decision_does_not_reset_the_calls():
+    s, _ = arbiter.start(_decision(TARGETED, ["a"]))
+    s2, out = arbiter.step(s, _decision(PARALLEL, ["a", "b", "top"]))
+    assert s2 == s and out == []
+
+
+def test_awaited_lists_exactly_the_open_calls():
+    s, _ = arbiter.start(_decision(HYBRID, ["a", "b"], [("top",)], below=0.8))
+    assert arbiter.awaited(s) == {_rid("a"): "a", _rid("b"): "b"}
+    s, _ = arbiter.step(s, _resp("a", "A"))
+    s, out = arbiter.step(s, _resp("b", "B"))
+    assert arbiter.awaited(s) == {_rid("top", 1): "top"} and out == [arbiter.Call("q", "top", 1)]
+
+
+def test_the_request_ids_sent_are_the_ones_the_arbiter_awaits():
+    """wire.request_record names each request as the arbiter expects it back: one format in two places."""
+    from selfevolve.wire import request_record
+
+    d = _decision(HYBRID, ["a", "b"])
+    s, calls = arbiter.start(d)
+    sent = {request_record(c, d, {}, 0)["request_id"] for c in calls}
+    assert sent == set(arbiter.awaited(s))
+
+
+CODE_Q = "Write a python function f() that returns 1."
+
+
+def test_a_rejected_response_s_code_is_never_run(monkeypatch, tmp_path):
+    """Only a response to an awaited call is scored, so only its code reaches the sandbox."""
+    from selfevolve import checkers
+
+    ran: list[str] = []
+    monkeypatch.setattr(checkers, "run_code", lambda answer, *a, **k: ran.append(answer) or checkers.CodeCheck(
+        True, True, 1))
+    d = Decision("q", "t", CODE_Q, TARGETED, 0.7, ("a",), (), 0.0, 0.002, 0.052, None, {"a": 0.7}, {"a": 0.001},
+                 {}, "test", 0.8, 0.5, 0.1)
+    s, _ = arbiter.start(d)
+    evil = "```python\nopen('/tmp/pwned', 'w')\nassert True\n```"
+    for forged in (_forged("b", evil, request_id=_rid("b")), _forged("a", evil, request_id="q:0:a"),
+                   _forged("a", evil, stage=2, request_id=_rid("a", 2))):
+        s, out = arbiter.step(s, forged)
+        assert isinstance(out[0], arbiter.Rejected)
+    assert ran == []
+    good = "```python\ndef f():\n    return 1\nassert f() == 1\n```"
+    s, out = arbiter.step(s, _forged("a", good, request_id=_rid("a")))
+    assert isinstance(out[-1], arbiter.Verdict) and ran == [good]
 
 
 MODELS = ["m0", "m1", "m2", "sup"]

@@ -39,7 +39,7 @@ def test_code_runs_its_own_asserts(answer, ran, asserts, own_tests):
 
 
 def test_code_that_never_ends_is_stopped():
-    c = checkers.run_code(LOOP, 1.0)
+    c = checkers.run_code(LOOP, checkers.Limits(timeout_s=1.0))
     assert c.has_code and not c.ran and c.error == "timeout"
 
 
@@ -61,9 +61,44 @@ def test_run_many_runs_the_checks_side_by_side(monkeypatch):
 
     barrier = threading.Barrier(3, timeout=20)
 
-    def waiting(answer, timeout_s=3.0):
+    def waiting(answer, limits=checkers.DEFAULT_LIMITS):
         barrier.wait()
         return checkers.CodeCheck(True, True, 1)
 
     monkeypatch.setattr(checkers, "run_code", waiting)
     assert len(checkers.run_many(["a", "b", "c", "a"], workers=3)) == 3
+
+
+def test_a_sandbox_that_cannot_be_made_credits_nothing_and_is_not_cached(monkeypatch):
+    """Fail closed: no sandbox, no run, no pass; once the sandbox is back the same answer is checked."""
+    from selfevolve import sandbox
+
+    answer = GOOD.replace("add", "add_twice")
+    monkeypatch.setattr(sandbox, "TOOL", "/nonexistent/bwrap")
+    c = checkers.run_code(answer)
+    assert c.has_code and not c.ran and not c.passed_own_tests
+    assert c.error.startswith("sandbox unavailable:") and "bwrap" in c.error
+    assert checkers.run_many([answer, "x"], workers=2)[0] == c
+    monkeypatch.setattr(sandbox, "TOOL", "bwrap")
+    assert checkers.run_code(answer).passed_own_tests
+
+
+def test_code_checks_score_nothing_without_a_sandbox(monkeypatch):
+    """A code answer whose check could not run scores as one that did not run, not as one that passed."""
+    from selfevolve import sandbox, scoring
+
+    prompt = "Write a python function add(a, b)."
+    answer = GOOD.replace("add", "plus")
+    with_box = scoring.score_responses(prompt, {"m": answer}, {"m": 0.5})["m"].correctness
+    checkers._run_sandboxed.cache_clear()
+    monkeypatch.setattr(sandbox, "TOOL", "/nonexistent/bwrap")
+    without = scoring.score_responses(prompt, {"m": answer}, {"m": 0.5})["m"].correctness
+    assert without < 0.5 < with_box
+
+
+def test_the_sandbox_limits_come_from_the_settings():
+    from selfevolve.config import Settings
+
+    s = Settings(code_check_timeout_s=1.5, code_check_memory_mb=256, code_check_max_procs=4, code_check_file_mb=2)
+    assert checkers.Limits.from_settings(s) == checkers.Limits(1.5, 256, 4, 2)
+    assert checkers.Limits.from_settings(Settings()) == checkers.DEFAULT_LIMITS

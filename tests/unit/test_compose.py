@@ -32,6 +32,70 @@ def test_every_selfevolve_variable_is_a_setting_and_parses(monkeypatch):
             monkeypatch.setenv(k, re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", v))
         s = Settings()
         assert s.kafka_bootstrap == "kafka:9092" and s.clickhouse_url.startswith("http://")
+        assert s.kafka_security == "sasl" and s.kafka_username in ("admin", "serve", "history", "model")
+
+
+def _all_values(node) -> list[str]:
+    if isinstance(node, dict):
+        return [v for x in node.values() for v in _all_values(x)]
+    if isinstance(node, list):
+        return [v for x in node for v in _all_values(x)]
+    return [str(node)]
+
+
+def _env_items(node) -> list[tuple[str, str]]:
+    """Every KEY: value pair under any `environment` (and the x- anchors) of the file."""
+    out = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(v, (dict, list)):
+                out += _env_items(v)
+            else:
+                out.append((str(k), str(v)))
+    elif isinstance(node, list):
+        for x in node:
+            out += _env_items(x)
+    return out
+
+
+def test_no_credential_is_written_in_the_file():
+    text = (ROOT / "docker-compose.yml").read_text()
+    for key, value in _env_items(COMPOSE):
+        if re.search(r"PASSWORD|SECRET|TOKEN|API_KEY|JAAS", key) and "SECRETS_DIR" not in key:
+            # Only a reference to a host variable that must be set: ${NAME:?message}, never a literal.
+            assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]*\}", value) or key.endswith("JAAS_CONFIG"), (key, value)
+        if 'password="' in value:
+            assert not re.search(r'password="(?!\$\{[A-Z_]+:\?)', value), (key, value)
+            assert not re.search(r'user_admin="(?!\$\{[A-Z_]+:\?)', value), (key, value)
+    # No URL with user:password@ and no password-looking literal anywhere.
+    assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text)
+    assert "selfevolve@" not in text and "PASSWORD: selfevolve" not in text
+
+
+def test_workers_get_secrets_as_files_not_environment_variables():
+    secrets = COMPOSE["secrets"]
+    for name, svc in OURS.items():
+        env = _env(svc)
+        assert not {k for k in env if re.search(r"PASSWORD|API_KEY|TOKEN", k)}, name
+        if name != "kafka-setup":
+            assert env["SELFEVOLVE_SECRETS_DIR"] == "/run/secrets"
+            targets = {s["target"] for s in svc["secrets"]}
+            assert "selfevolve_kafka_password" in targets, name
+        for s in svc.get("secrets", []):
+            assert set(secrets[s["source"]]) == {"environment"}, s  # from the host's environment only
+    # Each role sees its own Kafka password only; only the model worker gets the OpenAI key.
+    sources = {name: {s["source"] for s in svc.get("secrets", [])} for name, svc in OURS.items()}
+    assert sources["streams"] == {"kafka_serve_password"}
+    assert sources["model-worker"] == {"kafka_model_password", "openai_api_key"}
+    assert "openai_api_key" not in sources["history"] | sources["streams"]
+
+
+def test_the_broker_enforces_acls_on_authenticated_listeners():
+    env = _env(COMPOSE["services"]["kafka"])
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false" and env["KAFKA_SUPER_USERS"] == "User:admin"
+    protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols.values()) <= {"SASL_PLAINTEXT", "SASL_SSL"}
 
 
 @pytest.mark.parametrize("name", sorted(OURS))

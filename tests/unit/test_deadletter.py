@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from selfevolve.codec import HEADER_LEN, MAGIC, Codec
-from selfevolve.deadletter import MAX_REASON_CHARS, dead_letter, reason_for
+from selfevolve.config import KAFKA_MESSAGE_MAX_BYTES, Settings
+from selfevolve.deadletter import MAX_REASON_CHARS, PAYLOAD_PREFIX_BYTES, dead_letter, reason_for
 from selfevolve.errors import DecodeError, SelfEvolveError, ValidationError
 from selfevolve.validation import parse_query_line, validate_query
 
@@ -65,12 +70,14 @@ def test_each_cause_becomes_an_encodable_dead_letter(stage, given_input, error_t
         payload = repr(payload).encode()
     record = dead_letter("selfevolve.queries", 3, 1_000_000_000_000, payload, info.value, now_ms=99)
     back = CODEC.decode("dead_letter", CODEC.encode("dead_letter", record))
-    assert back == {**record, "version": 1}
+    assert back == {**record, "version": 2}
     assert back["error_type"] == error_type
     assert fragment in back["reason"]
     assert (back["source_topic"], back["partition"], back["offset"], back["ts_ms"]) == (
         "selfevolve.queries", 3, 1_000_000_000_000, 99)
-    assert back["payload"] == payload
+    assert back["payload"] == payload[:PAYLOAD_PREFIX_BYTES]
+    assert back["payload_len"] == len(payload)
+    assert back["payload_sha256"] == hashlib.sha256(payload).hexdigest()
 
 
 def _raise_chain(outer: BaseException, inner: BaseException, *, explicit: bool = True) -> BaseException:
@@ -124,7 +131,8 @@ def test_a_cause_cycle_terminates_and_deep_chains_are_cut():
 def test_long_reasons_are_capped_and_tombstones_keep_an_empty_payload():
     record = dead_letter("t", 0, 0, None, DecodeError("x" * 10_000), now_ms=0)
     assert len(record["reason"]) == MAX_REASON_CHARS and record["reason"].endswith("…")
-    assert record["payload"] == b""
+    assert record["payload"] == b"" and record["payload_len"] == 0
+    assert record["payload_sha256"] == hashlib.sha256(b"").hexdigest()
     assert dead_letter("t", 0, 0, bytearray(b"ab"), DecodeError("x"), 0)["payload"] == b"ab"
 
 
@@ -134,13 +142,88 @@ def test_long_reasons_are_capped_and_tombstones_keep_an_empty_payload():
     partition=st.integers(0, 2**31 - 1),
     offset=st.integers(-1, 2**63 - 1),
     payload=st.binary(max_size=200),
+    max_payload=st.integers(0, 300),
     message=st.text(max_size=300),
     error_class=st.sampled_from([DecodeError, ValidationError, ValueError, KeyError, RuntimeError]),
     now_ms=st.integers(0, 2**62),
 )
-def test_any_failure_yields_an_encodable_dead_letter(topic, partition, offset, payload, message, error_class,
-                                                     now_ms):
-    record = dead_letter(topic, partition, offset, payload, error_class(message), now_ms)
+def test_any_failure_yields_an_encodable_dead_letter(topic, partition, offset, payload, max_payload, message,
+                                                     error_class, now_ms):
+    record = dead_letter(topic, partition, offset, payload, error_class(message), now_ms, max_payload=max_payload)
     back = CODEC.decode("dead_letter", CODEC.encode("dead_letter", record))
-    assert back["payload"] == payload and back["error_type"] == error_class.__name__
+    assert back["payload"] == payload[:max_payload] and back["error_type"] == error_class.__name__
+    assert back["payload_len"] == len(payload)
+    assert back["payload_sha256"] == hashlib.sha256(payload).hexdigest()
     assert back["reason"] and len(back["reason"]) <= MAX_REASON_CHARS
+
+
+# A dead letter's own size: name and reason are capped, so prefix + this much always fits.
+OVERHEAD = 16 * 1024
+
+
+@pytest.mark.parametrize("size", [0, 1, PAYLOAD_PREFIX_BYTES, PAYLOAD_PREFIX_BYTES + 1, 1 << 20, 10 << 20])
+def test_a_dead_letter_keeps_a_bounded_prefix_and_identifies_the_whole(size):
+    payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    error = ValidationError(f"record is {size} bytes " + "é" * 5000)  # the worst reason: capped, multibyte
+    encoded = CODEC.encode("dead_letter", dead_letter("selfevolve.queries", 0, 7, payload, error, now_ms=1))
+    assert len(encoded) <= PAYLOAD_PREFIX_BYTES + OVERHEAD < KAFKA_MESSAGE_MAX_BYTES
+    back = CODEC.decode("dead_letter", encoded)
+    assert back["payload"] == payload[:PAYLOAD_PREFIX_BYTES]
+    assert (back["payload_len"], back["payload_sha256"]) == (size, hashlib.sha256(payload).hexdigest())
+
+
+def test_a_v1_dead_letter_still_reads_with_unknown_length_and_digest():
+    v1 = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "versions" / "dead_letter.v1.avsc").read_text())
+    old = Codec({"dead_letter": v1})
+    record = {"source_topic": "t", "partition": 0, "offset": 1, "reason": "r", "error_type": "E",
+              "payload": b"abc", "ts_ms": 2}
+    back = CODEC.decode("dead_letter", old.encode("dead_letter", record))
+    assert back == {**record, "version": 1, "payload_len": -1, "payload_sha256": ""}
+
+
+def test_producers_and_the_broker_agree_on_the_size_limit(tmp_path):
+    from infra.kafka.launcher import broker_properties
+
+    props = broker_properties(tmp_path, 9092, 9093)
+    assert int(props["message.max.bytes"]) == KAFKA_MESSAGE_MAX_BYTES == Settings().kafka_max_message_bytes
+    # A query record the edge accepts yields a decision (the text twice, plus metadata) under the limit.
+    assert 3 * Settings().max_record_bytes < KAFKA_MESSAGE_MAX_BYTES
+
+
+MIGRATE = r"""
+import sys
+from pathlib import Path
+from selfevolve.config import Settings
+from streams.store import HistoryStore
+old, new = Path(sys.argv[1]), Path(sys.argv[2])
+settings = Settings(home=Path(sys.argv[3]))
+with HistoryStore.open(settings) as store:
+    store.ensure_schema(old)
+    store.insert("dead_letter", [{"source_topic": "t", "partition": 0, "offset": 1, "reason": "r",
+                                  "error_type": "E", "payload": b"abc", "ts_ms": 2}])
+with HistoryStore.open(settings) as store:
+    store.ensure_schema(new)
+    store.ensure_schema(new)  # idempotent
+    store.insert("dead_letter", [{"source_topic": "t", "partition": 0, "offset": 2, "reason": "r",
+                                  "error_type": "E", "payload": b"ab", "payload_len": 9,
+                                  "payload_sha256": "ff", "ts_ms": 3}])
+    print(store.query("SELECT `offset`, payload_len, payload_sha256 FROM dead_letters FINAL ORDER BY `offset`")[1])
+"""
+
+
+def test_a_store_made_before_v2_gains_the_new_columns(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("chdb")
+    root = Path(__file__).resolve().parents[2]
+    ddl = (root / "infra" / "clickhouse" / "ddl.sql").read_text()
+    old = "\n".join(line for line in ddl.splitlines() if "payload_len" not in line and "payload_sha256" not in line)
+    assert old != ddl
+    (tmp_path / "old.sql").write_text(old)
+    # Its own process: chdb allows one engine directory per process.
+    out = subprocess.run([sys.executable, "-c", MIGRATE, str(tmp_path / "old.sql"),
+                          str(root / "infra" / "clickhouse" / "ddl.sql"), str(tmp_path / "home")],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[(1, -1, ''), (2, 9, 'ff')]"

@@ -177,3 +177,71 @@ def test_garbage_pid_file_is_not_running(tmp_path: Path) -> None:
     broker.data_dir.mkdir(parents=True)
     broker.pid_file.write_text("not a pid")
     assert not broker.is_running()
+
+
+SECURE = broker_properties(Path("/d"), 9092, 9093, security="sasl", admin_password="s3cret-Pw")
+
+
+def test_secured_listeners_all_authenticate_and_acls_are_enforced() -> None:
+    protocols = dict(p.split(":") for p in SECURE["listener.security.protocol.map"].split(","))
+    assert protocols == {"CONTROLLER": "SASL_PLAINTEXT", "CLIENT": "SASL_PLAINTEXT"}  # nothing anonymous
+    assert SECURE["listeners"] == "CLIENT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    assert SECURE["inter.broker.listener.name"] == "CLIENT"
+    assert SECURE["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert SECURE["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert SECURE["super.users"] == "User:admin" and SECURE["allow.everyone.if.no.acl.found"] == "false"
+    assert 'username="admin" password="s3cret-Pw"' in SECURE["listener.name.client.scram-sha-512.sasl.jaas.config"]
+    assert 'user_admin="s3cret-Pw"' in SECURE["listener.name.controller.plain.sasl.jaas.config"]
+
+
+def test_sasl_ssl_puts_the_client_listener_on_tls() -> None:
+    tls = {"ssl.keystore.location": "/k.p12", "ssl.keystore.password": "x"}
+    props = broker_properties(Path("/d"), 1, 2, security="sasl_ssl", admin_password="pw", tls=tls)
+    assert "CLIENT:SASL_SSL" in props["listener.security.protocol.map"]
+    assert props["listener.name.client.ssl.keystore.location"] == "/k.p12"
+    with pytest.raises(BrokerError, match="keystore"):
+        broker_properties(Path("/d"), 1, 2, security="sasl_ssl", admin_password="pw")
+
+
+@pytest.mark.parametrize("password", ["", 'a"b', "a\\b", "a;b"])
+def test_a_password_that_would_break_the_jaas_config_is_refused(password: str) -> None:
+    with pytest.raises(BrokerError):
+        broker_properties(Path("/d"), 1, 2, security="sasl", admin_password=password)
+
+
+def test_security_off_is_plaintext_without_authorizer() -> None:
+    props = broker_properties(Path("/d"), 1, 2)
+    assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    assert "authorizer.class.name" not in props
+
+
+def test_secured_format_keeps_the_password_off_the_command_line(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = KafkaBroker(tmp_path / "cache", tmp_path / "data", security="sasl")
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        argfile = Path(cmd[-1][1:])
+        seen.update(cmd=cmd, args=argfile.read_text(), mode=argfile.stat().st_mode & 0o777)
+        broker.log_dir.mkdir(parents=True)
+        (broker.log_dir / "meta.properties").write_text("cluster.id=x\n")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    broker.format()
+    password = broker.admin_password()
+    assert password and all(password not in part for part in seen["cmd"])
+    assert f"--add-scram\nSCRAM-SHA-512=[name=admin,password={password}]" in seen["args"]
+    assert seen["mode"] == 0o600 and not list(broker.secrets_dir.glob("format.args"))  # removed after use
+    for f in (broker.properties_file, broker.admin_password_file):
+        assert f.stat().st_mode & 0o777 == 0o600
+    assert broker.secrets_dir.stat().st_mode & 0o777 == 0o700
+    # The same data dir cannot be started with security off: its clients would have no credential.
+    with pytest.raises(BrokerError, match="formatted with Kafka security 'sasl'"):
+        KafkaBroker(tmp_path / "cache", tmp_path / "data").format()
+
+
+def test_unknown_security_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="security mode"):
+        KafkaBroker(tmp_path / "cache", tmp_path / "data", security="plaintext")

@@ -133,8 +133,9 @@ def store():
     sess.query("INSERT INTO selfevolve.answers (query_id, tenant, model, answer, composite, cost_usd, "
                "strategy, domain, latency_ms, ts_ms) VALUES ('q1', 't', 'm1', 'a', 0.9, 0.010, "
                "'parallel', 1, 1.0, 1700000000000)")
-    sess.query("INSERT INTO selfevolve.feedback (query_id, model, quality, ts_ms) "
-               "VALUES ('q2', 'm2', 0.0, 1700000001000)")
+    # Feedback joins its answer on (tenant, query_id, model); another tenant's verdict on q2 is not q2's.
+    sess.query("INSERT INTO selfevolve.feedback (query_id, tenant, model, quality, ts_ms) "
+               "VALUES ('q2', 't', 'm2', 0.0, 1700000001000), ('q3', 'other', 'm2', 0.0, 1700000001000)")
     sess.query("INSERT INTO selfevolve.model_events (model, kind, domain, old_role, new_role, ts_ms) "
                "VALUES ('m2', 'promote', 1, 'student', 'ta', 1700000002000)")
     yield sess

@@ -41,7 +41,7 @@ def test_request_ids_are_deterministic_and_responses_map_back():
     call = arbiter.Call("q-1", d.models[0], 1, fallback_from="x")
     req = request_record(call, d, {"sample_id": "s"}, 5)
     assert req == request_record(call, d, {"sample_id": "s"}, 5)
-    assert req["request_id"] == f"q-1:1:{d.models[0]}" and req["text"] == d.text
+    assert req["request_id"] == f"acme/q-1:1:{d.models[0]}" and req["text"] == d.text
     CODEC.encode("inference_request", req)
     resp = {**{k: req[k] for k in ("request_id", "query_id", "tenant", "model", "fallback_from", "stage")},
             "answer": "Jupiter", "confidence": -1.0, "latency_ms": 1.0, "prompt_tokens": 3, "completion_tokens": 1,
