@@ -43,6 +43,7 @@ bench: install kafka-jars
 	$(BIN)/selfevolve bench throughput
 	$(BIN)/selfevolve bench evolution --data ../shared/data/routerbench-0shot
 	$(BIN)/selfevolve bench distill
+	$(BIN)/selfevolve bench security
 
 down:
 	-$(BIN)/selfevolve down

@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--warmup", type=int, default=150, help="warm-up queries (of 300 shipped)")
     de.add_argument("--no-live", action="store_true", help="skip the live distillation phase")
     de.set_defaults(fn=_demo)
-    be = sub.add_parser("bench", help="benchmarks: quality, evolution, distill, throughput")
+    be = sub.add_parser("bench", help="benchmarks: quality, evolution, distill, throughput, security")
     be.add_argument("name", choices=["quality", "evolution", "distill", "throughput", "security"])
     be.add_argument("rest", nargs=argparse.REMAINDER)
     be.set_defaults(fn=_bench)

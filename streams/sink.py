@@ -76,7 +76,7 @@ def insert_rows(store, kind: str, rows: list[dict], rt) -> None:
 
 async def run_sink(rt, store, stop: asyncio.Event | None = None) -> None:
     """Consume every event topic into the store until cancelled (or `stop` is set)."""
-    from aiokafka.errors import CommitFailedError
+    from aiokafka.errors import CommitFailedError, IllegalStateError
 
     from streams.kafka_io import committing_consumer
 
@@ -93,8 +93,10 @@ async def run_sink(rt, store, stop: asyncio.Event | None = None) -> None:
         if to_commit:
             try:
                 await consumer.commit(to_commit)
-            except CommitFailedError as e:
-                # A rebalance took the partitions: the next owner re-reads them and the tables de-duplicate.
+            except (CommitFailedError, IllegalStateError) as e:
+                # A rebalance took the partitions (IllegalStateError: a revoke flush while the pattern subscription
+                # picked up a new tenant's topics, with nothing assigned at that moment): the next owner re-reads
+                # them and the tables de-duplicate.
                 log.warning("sink commit after insert failed, rows will be re-read: %s", e)
 
     # Every event topic and each tenant's queries.<T> and feedback.<T>, including tenants added while it runs.
