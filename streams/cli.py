@@ -51,30 +51,28 @@ def _status(args, settings: Settings) -> int:
     return 0
 
 
+def _send_lines(args, settings: Settings, send, stage: str, noun: str) -> int:
+    """Send JSON lines from a file or stdin with `send`; report each refused line and where the rest went."""
+    src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    with src:
+        sent, errors = asyncio.run(send(settings, src, tenant=args.tenant))
+    for line_no, err in errors:
+        print(f"line {line_no}: {err}", file=sys.stderr)
+    where = settings.topic(f"{stage}.{args.tenant}" if args.tenant else stage)
+    print(f"sent {sent} {noun} to {where}", file=sys.stderr)
+    return 1 if errors else 0
+
+
 def _produce(args, settings: Settings) -> int:
     from streams.produce import produce_lines
 
-    src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
-    with src:
-        sent, errors = asyncio.run(produce_lines(settings, src, tenant=args.tenant))
-    for line_no, err in errors:
-        print(f"line {line_no}: {err}", file=sys.stderr)
-    where = settings.topic(f"queries.{args.tenant}" if args.tenant else "queries")
-    print(f"sent {sent} queries to {where}", file=sys.stderr)
-    return 1 if errors else 0
+    return _send_lines(args, settings, produce_lines, "queries", "queries")
 
 
 def _feedback(args, settings: Settings) -> int:
     from streams.produce import produce_feedback
 
-    src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
-    with src:
-        sent, errors = asyncio.run(produce_feedback(settings, src, tenant=args.tenant))
-    for line_no, err in errors:
-        print(f"line {line_no}: {err}", file=sys.stderr)
-    where = settings.topic(f"feedback.{args.tenant}" if args.tenant else "feedback")
-    print(f"sent {sent} verdicts to {where}", file=sys.stderr)
-    return 1 if errors else 0
+    return _send_lines(args, settings, produce_feedback, "feedback", "verdicts")
 
 
 def _tenants(args, settings: Settings) -> int:
