@@ -221,3 +221,45 @@ def test_the_sink_skips_and_counts_a_row_the_store_rejects_but_not_a_store_that_
     assert rt.core["sink_skipped"] == 2
     got = rows_by_kind(rt, _msgs(rt.topics.answers, [b"junk"]) + _msgs("not-a-topic-of-ours", [b"x"]))
     assert dict(got) == {} and rt.core["sink_skipped"] == 4
+
+
+@pytest.mark.parametrize("error", ["CommitFailedError", "IllegalStateError"])
+def test_the_sink_stores_its_batch_and_goes_on_when_the_commit_after_it_fails(tmp_path, monkeypatch, error):
+    # A revoke flush while the pattern subscription takes in a new tenant's topics has nothing assigned:
+    # aiokafka's commit raised IllegalStateError and the history worker exited (seen by the fuzz work).
+    import aiokafka.errors
+
+    import streams.kafka_io
+    from selfevolve.config import Settings
+    from streams.runtime import Runtime
+    from streams.sink import run_sink
+
+    rt = Runtime.build(Settings(home=tmp_path, sink_batch_size=1))
+    stop = asyncio.Event()
+    record = {"source_topic": "x", "partition": 0, "offset": 0, "reason": "r", "error_type": "E",
+              "payload": b"", "payload_len": 0, "payload_sha256": "", "ts_ms": 1}
+    (msg,) = _msgs(rt.topics.dead_letter, [rt.codec.encode("dead_letter", record)])
+
+    class Consumer:
+        polls = 0
+
+        async def getmany(self, timeout_ms, max_records):
+            self.polls += 1
+            if self.polls > 1:
+                stop.set()
+                return {}
+            return {("tp", 0): [msg]}
+
+        async def commit(self, offsets):
+            raise getattr(aiokafka.errors, error)("no partitions assigned")
+
+        async def stop(self):
+            pass
+
+    async def consumer(*args, **kwargs):
+        return Consumer()
+
+    monkeypatch.setattr(streams.kafka_io, "committing_consumer", consumer)
+    store = _Store()
+    asyncio.run(run_sink(rt, store, stop))  # returns normally: the rows are stored, the commit is left
+    assert [r["reason"] for r in store.rows] == ["r"]
