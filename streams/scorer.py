@@ -78,6 +78,9 @@ class Scorer:
 
     def _fold_one(self, partition: int, kind: str, record: dict, i: int) -> list[tuple[dict, object, list, int]]:
         qid = record_key(record)
+        # A decision's plan is read first: one that is not a Decision is dead-lettered whatever state its
+        # (tenant, id) is in, not dropped unread as a late or repeated event.
+        parsed = decision_from_record(record) if kind == "route_decision" else None
         entry = self.table.get(partition, qid) or {"decision": None, "responses": []}
         if kind == "route_decision" and self._reused(entry, record):
             raise ValidationError(f"duplicate query id {record['query_id']} for tenant {record['tenant']}: "
@@ -87,7 +90,7 @@ class Scorer:
         if kind == "route_decision":
             if entry["decision"] is not None:
                 return []  # a re-delivered decision
-            decision, event = record, decision_from_record(record)
+            decision, event = record, parsed
             after = {**entry, "decision": record}
         else:
             if entry["decision"] is None:
