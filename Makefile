@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) sandbox
 
-# Answers' code is checked in a bubblewrap sandbox (selfevolve/sandbox.py); without it no code check runs.
+# Answers' code is checked in a bubblewrap sandbox (selfevolve/scoring/sandbox.py); without it no code check runs.
 sandbox:
 	@command -v bwrap >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) \
 		|| { echo "bubblewrap (bwrap) is required: apt-get install bubblewrap"; exit 1; }

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     router_batch_size: int = 128
     scorer_batch_size: int = 500
     code_check_workers: int = 4  # answers' code the scorer runs at once (subprocesses that mostly wait)
-    # Limits of the sandbox (selfevolve/sandbox.py) an answer's code runs in: wall time, address space,
+    # Limits of the sandbox (selfevolve/scoring/sandbox.py) an answer's code runs in: wall time, address space,
     # processes of the sandbox user, size of any file it writes (its stderr included).
     code_check_timeout_s: float = 3.0
     code_check_memory_mb: int = 512
@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     chdb_path: Path | None = None
     sink_batch_size: int = 500
     sql_port: int = 8124
-    # User SQL (selfevolve/sqlguard.py, `selfevolve sql`): the endpoint's bearer token (when unset, one is
+    # User SQL (selfevolve/store/sqlguard.py, `selfevolve sql`): the endpoint's bearer token (when unset, one is
     # generated into <home>/secrets/sql_token, mode 0600) and the caps every user statement runs under.
     sql_token: SecretStr | None = None
     sql_max_rows: int = 10_000

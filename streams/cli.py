@@ -78,8 +78,8 @@ def _feedback(args, settings: Settings) -> int:
 def _tenants(args, settings: Settings) -> int:
     """`tenants add T`: T's topics, and with Kafka security on its SCRAM user, ACLs and a credential file."""
     from infra.kafka.security import add_tenant, tenant_user, write_secrets
-    from selfevolve.tenancy import check_tenant
-    from selfevolve.topics import Topics
+    from selfevolve.wire.tenancy import check_tenant
+    from selfevolve.wire.topics import Topics
 
     tenant = check_tenant(args.tenant)
     password = add_tenant(settings, tenant)
@@ -125,7 +125,7 @@ def _sql(args, settings: Settings) -> int:
 
 
 def _replay(args, settings: Settings) -> int:
-    from streams.replay import run_replay
+    from streams.stack_replay import run_replay
 
     report = run_replay(settings, Path(args.path), seed=args.seed, window=args.window,
                         warmup=args.warmup, limit=args.limit, feedback=not args.no_feedback,
@@ -144,14 +144,14 @@ def _bench(args, settings: Settings) -> int:
     import importlib
 
     # Throughput needs the broker, so it lives with the adapters, not in the pure core.
-    where = {"throughput": "streams.throughput", "security": "streams.security_bench"}.get(
-        args.name, f"selfevolve.bench.{args.name}")
+    where = {"throughput": "bench.throughput", "security": "bench.security"}.get(
+        args.name, f"bench.{args.name}")
     module = importlib.import_module(where)
     return module.main(args.rest)
 
 
 def _setup_models(args, settings: Settings) -> int:
-    from selfevolve.lm import ensure_converted
+    from selfevolve.distill.lm import ensure_converted
 
     t0 = time.time()
     # Only the conversion: loading the model here as well cost every `make demo` 10 s to 50 s.

@@ -13,11 +13,11 @@ import httpx
 
 from selfevolve.config import Settings
 from selfevolve.errors import SelfEvolveError
-from selfevolve.codec import Codec
-from selfevolve.tenancy import query_key
-from selfevolve.topics import Topics
+from selfevolve.wire.codec import Codec
+from selfevolve.wire.tenancy import query_key
+from selfevolve.wire.topics import Topics
 from streams.kafka_io import producer, tail_consumer
-from streams.replay import replay
+from streams.stack_replay import replay
 from streams.sqlclient import sql
 from streams.stack import Stack, operator_settings
 
@@ -138,7 +138,7 @@ def _describe(kind: str, e: dict) -> str:
 async def live_distillation(settings: Settings, stack: Stack, timeout: float = 900.0) -> None:
     """Live mode, short form: spawn a SmolLM2 student for the busiest domain, train it on its buffered
     teacher answers, hot-load it in the local worker, and ask it the same question before and after."""
-    from selfevolve.catalogue import Catalogue
+    from selfevolve.models.catalogue import Catalogue
 
     cat = Catalogue.load(settings.catalogue)
     teachers = ", ".join(f"'{s.name}'" for s in cat.models if s.role in ("teacher", "supervisor"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from selfevolve import learning
+from selfevolve.routing import learning
 from selfevolve.errors import ValidationError
 from streams.runtime import infrastructure
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from selfevolve import gaps, once, spawning
-from streams.evolution import apply_model_event
+from selfevolve.evolution import gaps, spawning
+
+from selfevolve.wire import once
+from streams.evolution_follow import apply_model_event
 
 
 def register(app, rt) -> None:
-    # Values are selfevolve.once entries, so a score redelivered after a crash is not folded twice.
+    # Values are selfevolve.wire.once entries, so a score redelivered after a crash is not folded twice.
     windows = app.Table("gap-windows", default=None, partitions=rt.settings.topic_partitions)
     spawner = app.Table("spawner", default=None, partitions=rt.settings.topic_partitions)
     mode = rt.settings.spawn_mode

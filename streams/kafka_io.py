@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from selfevolve.config import Settings
 from selfevolve.errors import BrokerError, ConfigError
-from selfevolve.topics import Topics
+from selfevolve.wire.topics import Topics
 
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 

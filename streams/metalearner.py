@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from selfevolve import metalearn
-from streams.evolution import apply_strategy
+from selfevolve.evolution import metalearn
+from streams.evolution_follow import apply_strategy
 from streams.runtime import infrastructure, now_ms
 
 log = logging.getLogger("selfevolve.metalearner")

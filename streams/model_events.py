@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.evolution import apply_model_event, apply_strategy, recover
+from streams.evolution_follow import apply_model_event, apply_strategy, recover
 
 
 def register(app, rt) -> None:

@@ -7,12 +7,12 @@ import sys
 import time
 from typing import Iterable
 
-from selfevolve.codec import Codec
+from selfevolve.wire.codec import Codec
 from selfevolve.config import Settings
 from selfevolve.errors import BrokerError, ValidationError
-from selfevolve.tenancy import DEFAULT_TENANT, check_tenant, record_key
-from selfevolve.topics import Topics
-from selfevolve.validation import parse_query_line, validate_query
+from selfevolve.wire.tenancy import DEFAULT_TENANT, check_tenant, record_key
+from selfevolve.wire.topics import Topics
+from selfevolve.wire.validation import parse_query_line, validate_query
 from streams.kafka_io import ensure_topics, partitions_of, producer, tail_consumer
 
 

@@ -16,13 +16,13 @@ import asyncio
 import logging
 import time
 
-from selfevolve import domains
+from selfevolve.routing import domains
 from selfevolve.errors import ValidationError
 from selfevolve.routing import RouteQuery
-from selfevolve.tenancy import check_tenant, record_key
-from selfevolve.validation import validate_query
-from selfevolve.wire import decision_record, source_of
-from streams.evolution import catalogue_for
+from selfevolve.wire.tenancy import check_tenant, record_key
+from selfevolve.wire.validation import validate_query
+from selfevolve.wire.records import decision_record, source_of
+from streams.evolution_follow import catalogue_for
 from streams.runtime import infrastructure, now_ms, oversized
 
 log = logging.getLogger("selfevolve.router")

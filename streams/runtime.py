@@ -8,11 +8,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from selfevolve.codec import Codec
+from selfevolve.wire.codec import Codec
 from selfevolve.config import Settings
-from selfevolve.deadletter import dead_letter
+from selfevolve.wire.deadletter import dead_letter
 from selfevolve.errors import BrokerError, ValidationError
-from selfevolve.topics import Topics
+from selfevolve.wire.topics import Topics
 
 log = logging.getLogger("selfevolve.runtime")
 MAX_KEY_BYTES = 256  # of a dead letter's key: the failed record's key, which is as untrusted as its value
@@ -64,16 +64,17 @@ class Runtime:
     def routing(self) -> dict[str, Any]:
         """The shared routing core, built on first use: catalogue, history (reloaded), embedder, router."""
         if "router" not in self.core:
-            from selfevolve.catalogue import Catalogue
-            from selfevolve.embed import Embedder
-            from selfevolve.history import History
+            from selfevolve.models.catalogue import Catalogue
+            from selfevolve.routing.embed import Embedder
+            from selfevolve.routing.history import History
             from selfevolve.routing import Router
 
             catalogue = Catalogue.load(self.settings.catalogue)
             where = self.history_dir
             history = History.load(where) if self.owns_history and (where / "meta.json").exists() else History()
             embedder = Embedder(self.settings)
-            from selfevolve import domains, hierarchy
+            from selfevolve.routing import domains
+            from selfevolve.evolution import hierarchy
 
             saved = where / "domains.json"
             dom = (json.loads(saved.read_text()) if self.owns_history and saved.exists()

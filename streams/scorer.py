@@ -24,10 +24,12 @@ import asyncio
 import logging
 from collections import OrderedDict
 
-from selfevolve import arbiter, checkers, learning
+from selfevolve.scoring import arbiter, checkers
+
+from selfevolve.routing import learning
 from selfevolve.errors import ValidationError
-from selfevolve.tenancy import record_key
-from selfevolve.wire import (answer_record, decision_from_record, request_record, response_from_record,
+from selfevolve.wire.tenancy import record_key
+from selfevolve.wire.records import (answer_record, decision_from_record, request_record, response_from_record,
                              score_records)
 from streams.changelog import ChangelogTable
 from streams.runtime import infrastructure, now_ms, oversized

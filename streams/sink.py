@@ -3,7 +3,7 @@
 The sink is a task of the stream worker (it holds the chdb directory and serves SQL) but reads through its
 own aiokafka consumer with manual commits rather than a Faust agent: Faust acks an event when its iterator
 moves on, so a batch held across a hard kill with a backlog could count as consumed before it was stored
-(the kill test lost rows that way). Here the contract of selfevolve.batching holds by construction.
+(the kill test lost rows that way). Here the contract of selfevolve.store.batching holds by construction.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import logging
 import time
 from collections import defaultdict
 
-from selfevolve import batching
+from selfevolve.store import batching
 from selfevolve.errors import StoreError, ValidationError
-from selfevolve.tenancy import check_tenant
-from selfevolve.validation import validate_query
+from selfevolve.wire.tenancy import check_tenant
+from selfevolve.wire.validation import validate_query
 
 log = logging.getLogger("selfevolve.sink")
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from selfevolve import once, promotion, stats
-from streams.evolution import apply_model_event
+from selfevolve.wire import once
+
+from selfevolve.evolution import promotion, stats
+from streams.evolution_follow import apply_model_event
 from streams.runtime import now_ms
 
 
 def register(app, rt) -> None:
     # Keyed by domain, like the scores topic, so each table is co-partitioned with its source. Each value is
-    # a selfevolve.once entry: a score redelivered after a crash is not counted twice.
+    # a selfevolve.wire.once entry: a score redelivered after a crash is not counted twice.
     alltime = app.Table("model-stats", default=None, partitions=rt.settings.topic_partitions)
     window = app.Table("model-stats-window", default=None, partitions=rt.settings.topic_partitions)
     empty_window = stats.window_initialize(rt.settings.window_size)

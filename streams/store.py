@@ -10,7 +10,7 @@ from typing import Any
 
 import clickhouse_connect
 
-from selfevolve import sqlguard
+from selfevolve.store import sqlguard
 from selfevolve.config import Settings
 from selfevolve.errors import QueryRejected, StoreError
 

@@ -10,14 +10,14 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from selfevolve.catalogue import Catalogue
-from selfevolve.codec import Codec
+from selfevolve.models.catalogue import Catalogue
+from selfevolve.wire.codec import Codec
 from selfevolve.config import Settings
-from selfevolve.deadletter import dead_letter
+from selfevolve.wire.deadletter import dead_letter
 from selfevolve.errors import DecodeError, SelfEvolveError, ValidationError
-from selfevolve.serving import serve_request
-from selfevolve.tenancy import record_key
-from selfevolve.topics import Topics
+from selfevolve.models.serving import serve_request
+from selfevolve.wire.tenancy import record_key
+from selfevolve.wire.topics import Topics
 
 log = logging.getLogger("selfevolve.model_worker")
 GROUP = "selfevolve-model-workers"
@@ -26,7 +26,7 @@ GROUP = "selfevolve-model-workers"
 async def run(settings: Settings, backends_served: tuple[str, ...], worker_id: str,
               stop: asyncio.Event) -> None:
     """Consume-transform-produce loop; each poll's responses and offsets commit in one transaction."""
-    from selfevolve.backends.registry import build_backend
+    from workers.backends.registry import build_backend
     from streams.kafka_io import client_options
 
     topics = Topics.from_settings(settings)

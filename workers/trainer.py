@@ -11,14 +11,14 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from selfevolve import hierarchy as hier
-from selfevolve.catalogue import Catalogue
-from selfevolve.codec import Codec
+from selfevolve.evolution import hierarchy as hier
+from selfevolve.models.catalogue import Catalogue
+from selfevolve.wire.codec import Codec
 from selfevolve.config import Settings
 from selfevolve.distill import buffer
 from selfevolve.distill.live import train_round
 from selfevolve.errors import DecodeError, SelfEvolveError
-from selfevolve.topics import Topics
+from selfevolve.wire.topics import Topics
 
 log = logging.getLogger("selfevolve.trainer")
 TEACHER_ROLES = ("teacher", "supervisor")

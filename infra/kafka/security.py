@@ -104,7 +104,7 @@ def _idempotent() -> list[Acl]:
 
 def tenant_acls(settings: Settings, tenant: str) -> list[Acl]:
     """Tenant T writes its own queries and feedback topics and reads its own answers topic; nothing else."""
-    from selfevolve.topics import Topics
+    from selfevolve.wire.topics import Topics
 
     t = Topics.from_settings(settings)
     return (_allow(TOPIC, [t.queries_for(tenant), t.feedback_for(tenant)], LITERAL, WRITE, DESCRIBE)
@@ -112,7 +112,7 @@ def tenant_acls(settings: Settings, tenant: str) -> list[Acl]:
 
 
 def tenant_user(tenant: str) -> str:
-    from selfevolve.tenancy import check_tenant
+    from selfevolve.wire.tenancy import check_tenant
 
     return f"tenant-{check_tenant(tenant)}"
 
@@ -265,7 +265,7 @@ def add_tenant(settings_admin: Settings, tenant: str) -> SecretStr | None:
     """Create tenant T's topics (P queries.T, P feedback.T, P answers.T) and, with Kafka security on, its
     SCRAM user tenant-T with a new random password (returned; a second call rotates it) and its ACLs.
     With security off it only creates the topics and returns None."""
-    from selfevolve.topics import Topics
+    from selfevolve.wire.topics import Topics
     from streams.kafka_io import ensure_topics
 
     user = tenant_user(tenant)

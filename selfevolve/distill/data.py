@@ -1,6 +1,6 @@
 """Distillation examples from real teacher outputs: RouterBench ARC-Challenge (Hu et al., 2024) and RouteLLM GSM8K.
 
-Quality-metric targets are what the project's gold-free scorer (selfevolve.scoring) gives the teacher's answer
+Quality-metric targets are what the project's gold-free scorer (selfevolve.scoring.scoring) gives the teacher's answer
 among all the answers the stream saw for that query; gold labels are kept on each example for the benchmark's
 evaluation and never feed a training target.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from selfevolve import scoring
+from selfevolve.scoring import scoring
 from selfevolve.errors import ConfigError
 
 TEACHER = "gpt-4-1106-preview"
@@ -155,7 +155,7 @@ def gsm8k_examples(data_dir: Path, split: str, limit: int | None = None) -> list
 def encode(ex: Example, tokenizer: Any, max_prompt: int, max_answer: int) -> dict[str, list[int]]:
     """Token ids of chat(prompt) + steps + final answer + eos, with each token's role:
     -2 prompt, -1 response, k >= 0 the k-th reasoning step."""
-    from selfevolve.lm import chat_ids
+    from selfevolve.distill.lm import chat_ids
 
     prompt = chat_ids(tokenizer, ex.prompt)[-max_prompt:]
     ids, role = list(prompt), [-2] * len(prompt)

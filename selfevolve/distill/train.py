@@ -22,7 +22,7 @@ from selfevolve.errors import TrainingError
 
 def build_student(cfg: DistillConfig, settings: Settings) -> Student:
     """A fresh student over cfg.base_model (cached SmolLM2 when None); the tokenizer rides along as data."""
-    from selfevolve.lm import load_causal_lm
+    from selfevolve.distill.lm import load_causal_lm
 
     torch.manual_seed(cfg.seed)  # the metric head and LoRA A matrices start the same for a given seed
     lm, tokenizer = load_causal_lm(Path(cfg.base_model) if cfg.base_model else None, settings)

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from selfevolve.catalogue import Catalogue, Role, estimate_cost
+from selfevolve.models.catalogue import Catalogue, Role, estimate_cost
 from selfevolve.config import Settings
-from selfevolve.cost import TenantBudgets, fit_budget
+from selfevolve.routing.cost import TenantBudgets, fit_budget
 from selfevolve.errors import ConfigError
-from selfevolve.history import History
+from selfevolve.routing.history import History
 
 TARGETED, HYBRID, PARALLEL = "targeted", "hybrid", "parallel"
 # Pseudo-verdicts pulling a model's global mean to 1/2. Kept small: a strong pull would hide a rarely

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from selfevolve import stats
+from selfevolve.evolution import stats
 
 
 def _score(model: str, domain: int, winner: bool, contested: bool = True) -> dict:
@@ -39,7 +39,7 @@ def test_stats_agent_folds_only_contested_scores_and_promotes_a_strong_student(h
 def test_feedback_agent_learns_only_about_called_models(harness):
     h = harness("streams.feedback")
     core = h.rt.routing()
-    from selfevolve.history import Record
+    from selfevolve.routing.history import Record
 
     core["history"].add(core["embedder"].encode(["hello"])[0],
                         Record(query_id="q1", costs={"m1": 0.1}, quality={"m1": None}, winner="m1"))

@@ -55,7 +55,7 @@ def test_an_oversized_record_is_dead_lettered_by_length_before_decoding(harness)
 
 
 def _decision(h, qid: str, **changes) -> dict:
-    from selfevolve.wire import decision_record
+    from selfevolve.wire.records import decision_record
 
     core = h.rt.routing()
     d = core["router"].route(RouteQuery(qid, MAMMAL, "t1"))
@@ -163,10 +163,10 @@ def test_a_stream_agent_dead_letters_a_record_its_handler_fails_on_and_goes_on(h
 
 
 def test_the_model_worker_dead_letters_a_request_it_cannot_serve(tmp_path, monkeypatch):
-    from selfevolve.catalogue import Catalogue
-    from selfevolve.codec import Codec
+    from selfevolve.models.catalogue import Catalogue
+    from selfevolve.wire.codec import Codec
     from selfevolve.config import Settings
-    from selfevolve.topics import Topics
+    from selfevolve.wire.topics import Topics
     from workers import model_worker
 
     async def explode(*a, **kw):

@@ -64,7 +64,7 @@ def test_only_the_serve_role_reads_or_writes_the_routing_history(tmp_path):
     import numpy as np
 
     from selfevolve.config import Settings
-    from selfevolve.history import History, Record
+    from selfevolve.routing.history import History, Record
     from streams.app import create_app
 
     settings = Settings(home=tmp_path, topic_prefix="roles.")

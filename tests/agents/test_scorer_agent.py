@@ -7,7 +7,7 @@ import json
 import time
 from types import SimpleNamespace
 
-from selfevolve.history import Record
+from selfevolve.routing.history import Record
 from selfevolve.routing import RouteQuery
 from streams.scorer import Scorer, score_batch
 
@@ -17,7 +17,7 @@ MAMMAL = "Which is a mammal?\nA) shark\nB) whale\nC) trout\nD) eel\nAnswer:"
 def _decision(h, qid: str, text: str):
     core = h.rt.routing()
     d = core["router"].route(RouteQuery(qid, text, "t1"))
-    from selfevolve.wire import decision_record
+    from selfevolve.wire.records import decision_record
 
     core["vectors"][f"t1/{qid}"] = core["embedder"].encode([text])[0]  # what the router leaves for the scorer
     return d, decision_record(d, {"sample_id": qid}, 1.0, int(time.time() * 1000))

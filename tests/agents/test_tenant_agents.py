@@ -137,7 +137,7 @@ def test_a_reused_id_is_dead_lettered_and_the_first_query_answered_once(harness)
 def test_feedback_comes_only_from_the_tenant_that_owns_the_query(harness):
     import numpy as np
 
-    from selfevolve.history import Record
+    from selfevolve.routing.history import Record
 
     h = harness()
     t = h.rt.topics

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from selfevolve.backends.local import LocalBackend
-from selfevolve.catalogue import Catalogue
+from workers.backends.local import LocalBackend
+from selfevolve.models.catalogue import Catalogue
 from selfevolve.config import Settings
 from workers.trainer import Trainer
 

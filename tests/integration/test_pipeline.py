@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from selfevolve.codec import Codec
+from selfevolve.wire.codec import Codec
 from selfevolve.config import Settings
-from selfevolve.topics import Topics
+from selfevolve.wire.topics import Topics
 from streams.demo import wait_ready
 from streams.kafka_io import ensure_topics, producer, tail_consumer
-from streams.replay import replay
+from streams.stack_replay import replay
 from streams.sqlclient import sql
 from streams.stack import Stack
 

@@ -12,13 +12,13 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from selfevolve import stats
-from selfevolve.codec import Codec
-from selfevolve.topics import Topics
+from selfevolve.evolution import stats
+from selfevolve.wire.codec import Codec
+from selfevolve.wire.topics import Topics
 from streams.app import app_id
 from streams.demo import wait_ready
 from streams.kafka_io import client_options, tail_consumer
-from streams.replay import replay
+from streams.stack_replay import replay
 from streams.stack import Stack
 
 from test_pipeline import DEMO, free_ports  # noqa: E402 - shared helpers of the integration tier

@@ -14,14 +14,14 @@ from collections import Counter
 import pytest
 
 from infra.kafka.security import add_tenant
-from selfevolve.codec import HEADER_LEN, Codec
+from selfevolve.wire.codec import HEADER_LEN, Codec
 from selfevolve.config import Settings
-from selfevolve.topics import Topics
-from selfevolve.tenancy import query_key
-from selfevolve.validation import validate_query
-from selfevolve.wire import decision_from_record
+from selfevolve.wire.topics import Topics
+from selfevolve.wire.tenancy import query_key
+from selfevolve.wire.validation import validate_query
+from selfevolve.wire.records import decision_from_record
 from streams.demo import wait_ready
-from streams.security_bench import (answer_counts, dead_letters, demo_queries, lost_and_repeated,
+from bench.security import (answer_counts, dead_letters, demo_queries, lost_and_repeated,
                                     read_topic, send_queries, send_raw, stored_queries)
 from streams.stack import Stack, operator_settings
 

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from infra.kafka.security import add_tenant, provision, tenant_user
 from selfevolve.config import Settings
-from selfevolve.topics import Topics
+from selfevolve.wire.topics import Topics
 from streams.kafka_io import client_options, ensure_topics, producer
 
 REFUSED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError)

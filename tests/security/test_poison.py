@@ -17,9 +17,9 @@ import time
 import pytest
 from aiokafka.errors import KafkaError
 
-from selfevolve.codec import Codec
+from selfevolve.wire.codec import Codec
 from selfevolve.config import KAFKA_MESSAGE_MAX_BYTES, Settings
-from selfevolve.topics import Topics
+from selfevolve.wire.topics import Topics
 from streams.kafka_io import ensure_topics, producer, tail_consumer
 from streams.produce import print_answers, produce_lines
 from streams.router import run_router

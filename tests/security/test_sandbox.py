@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from selfevolve import checkers, sandbox
+from selfevolve.scoring import checkers, sandbox
 from selfevolve.errors import SandboxError
 
 LIMITS = sandbox.Limits(timeout_s=5.0)

@@ -194,7 +194,7 @@ def test_hostile_statements_are_refused_and_the_sink_keeps_inserting(path, tmp_p
 def test_the_engine_session_refuses_on_its_own(monkeypatch, tmp_path, store):
     """Defense in depth: with both guard checks switched off, the read-only session still refuses
     table functions, writes and settings changes, and caps the result."""
-    from selfevolve import sqlguard
+    from selfevolve.store import sqlguard
 
     monkeypatch.setattr(sqlguard, "check", lambda sql, policy: sql.strip().rstrip(";"))
     monkeypatch.setattr(sqlguard, "check_ast", lambda statement, ast, policy: None)
@@ -210,7 +210,7 @@ def test_the_engine_session_refuses_on_its_own(monkeypatch, tmp_path, store):
 
 
 def test_the_ast_check_catches_what_the_token_check_missed(monkeypatch, tmp_path, store):
-    from selfevolve import sqlguard
+    from selfevolve.store import sqlguard
 
     monkeypatch.setattr(sqlguard, "check", lambda sql, policy: sql.strip().rstrip(";"))
     for statement, why in [("SELECT * FROM file('/etc/passwd', 'LineAsString')", "file()"),

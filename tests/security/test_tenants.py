@@ -17,10 +17,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import TopicAuthorizationFailedError
 
 from infra.kafka.security import add_tenant, tenant_user
-from selfevolve.codec import Codec
+from selfevolve.wire.codec import Codec
 from selfevolve.config import Settings
 from selfevolve.data.routerbench import load_dir
-from selfevolve.topics import Topics
+from selfevolve.wire.topics import Topics
 from streams.feedback import run_feedback
 from streams.cli import _tenants
 from streams.kafka_io import client_options, tail_consumer

@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selfevolve import arbiter
-from selfevolve.backends.replay import ReplayBackend
-from selfevolve.bench.quality import _serve
-from selfevolve.catalogue import Catalogue, ModelSpec, Role
+from selfevolve.scoring import arbiter
+from workers.backends.recorded import ReplayBackend
+from bench.quality import _serve
+from selfevolve.models.catalogue import Catalogue, ModelSpec, Role
 from selfevolve.config import Settings
 from selfevolve.data.routerbench import Dataset, Sample
-from selfevolve.history import History, Record
+from selfevolve.routing.history import History, Record
 from selfevolve.routing import HYBRID, PARALLEL, TARGETED, Decision, Router
 
 MC = "Pick.\nA) x\nB) y\nAnswer:"
@@ -143,7 +143,7 @@ def test_awaited_lists_exactly_the_open_calls():
 
 def test_the_request_ids_sent_are_the_ones_the_arbiter_awaits():
     """wire.request_record names each request as the arbiter expects it back: one format in two places."""
-    from selfevolve.wire import request_record
+    from selfevolve.wire.records import request_record
 
     d = _decision(HYBRID, ["a", "b"])
     s, calls = arbiter.start(d)
@@ -156,7 +156,7 @@ CODE_Q = "Write a python function f() that returns 1."
 
 def test_a_rejected_response_s_code_is_never_run(monkeypatch, tmp_path):
     """Only a response to an awaited call is scored, so only its code reaches the sandbox."""
-    from selfevolve import checkers
+    from selfevolve.scoring import checkers
 
     ran: list[str] = []
     monkeypatch.setattr(checkers, "run_code", lambda answer, *a, **k: ran.append(answer) or checkers.CodeCheck(

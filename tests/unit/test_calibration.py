@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from selfevolve.calibration import Calibrator, ece
+from selfevolve.scoring.calibration import Calibrator, ece
 
 
 def test_ece_is_zero_when_confidence_matches_frequency():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from selfevolve.catalogue import Catalogue, ModelSpec, Role, estimate_cost
+from selfevolve.models.catalogue import Catalogue, ModelSpec, Role, estimate_cost
 from selfevolve.config import Settings
 from selfevolve.errors import ConfigError
 

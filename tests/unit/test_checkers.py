@@ -2,7 +2,7 @@
 
 import pytest
 
-from selfevolve import checkers
+from selfevolve.scoring import checkers
 
 ARC = "Q?\nA) x\nB) y\nC) z\nD) w\nAnswer:\nB\n\nNext question?\nA) a\nB) b\nC) c\nAnswer:"
 
@@ -71,7 +71,7 @@ def test_run_many_runs_the_checks_side_by_side(monkeypatch):
 
 def test_a_sandbox_that_cannot_be_made_credits_nothing_and_is_not_cached(monkeypatch):
     """Fail closed: no sandbox, no run, no pass; once the sandbox is back the same answer is checked."""
-    from selfevolve import sandbox
+    from selfevolve.scoring import sandbox
 
     answer = GOOD.replace("add", "add_twice")
     monkeypatch.setattr(sandbox, "TOOL", "/nonexistent/bwrap")
@@ -85,7 +85,7 @@ def test_a_sandbox_that_cannot_be_made_credits_nothing_and_is_not_cached(monkeyp
 
 def test_code_checks_score_nothing_without_a_sandbox(monkeypatch):
     """A code answer whose check could not run scores as one that did not run, not as one that passed."""
-    from selfevolve import sandbox, scoring
+    from selfevolve.scoring import sandbox, scoring
 
     prompt = "Write a python function add(a, b)."
     answer = GOOD.replace("add", "plus")

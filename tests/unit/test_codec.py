@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from selfevolve.codec import HEADER_LEN, MAGIC, Codec, default_schemas_dir, schema_fingerprint
+from selfevolve.wire.codec import HEADER_LEN, MAGIC, Codec, default_schemas_dir, schema_fingerprint
 from selfevolve.errors import ConfigError, DecodeError, ValidationError
 
 REPO_SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selfevolve.codec import HEADER_LEN, MAGIC, Codec
+from selfevolve.wire.codec import HEADER_LEN, MAGIC, Codec
 from selfevolve.config import KAFKA_MESSAGE_MAX_BYTES, Settings
-from selfevolve.deadletter import MAX_REASON_CHARS, PAYLOAD_PREFIX_BYTES, dead_letter, reason_for
+from selfevolve.wire.deadletter import MAX_REASON_CHARS, PAYLOAD_PREFIX_BYTES, dead_letter, reason_for
 from selfevolve.errors import DecodeError, SelfEvolveError, ValidationError
-from selfevolve.validation import parse_query_line, validate_query
+from selfevolve.wire.validation import parse_query_line, validate_query
 
 CODEC = Codec.from_dir()
 LIMIT = 32 * 1024

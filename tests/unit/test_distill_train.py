@@ -21,7 +21,7 @@ from selfevolve.distill.data import (
 )
 from selfevolve.distill.train import build_student, load_checkpoint, save_checkpoint, train
 from selfevolve.errors import TrainingError
-from selfevolve.lm import default_model_dir, load_causal_lm
+from selfevolve.distill.lm import default_model_dir, load_causal_lm
 
 
 # Like the RouterBench tests: these read the recorded teacher outputs in ../shared/data, and skip (saying
@@ -153,13 +153,13 @@ def test_real_teacher_data(settings):
     ],
 )
 def test_bench_ece(correct, conf, expected):
-    from selfevolve.bench.distill import ece
+    from bench.distill import ece
 
     assert ece(correct, conf) == pytest.approx(expected)
 
 
 def test_bench_bootstrap_intervals():
-    from selfevolve.bench.distill import bootstrap
+    from bench.distill import bootstrap
 
     same = bootstrap([True] * 10, [True] * 10)
     assert same == {"mean": 0.0, "lo": 0.0, "hi": 0.0}
@@ -190,8 +190,8 @@ def test_arc_option_targets_keep_the_teachers_choice(settings):
 def test_option_scoring_with_the_shared_prompt_cache_matches_full_passes(tiny_base, settings):
     """eval_arc_options reuses the prompt's key/value cache for every option: it must pick what scoring each
     whole sequence from scratch picks."""
-    from selfevolve.bench.distill import eval_arc_options
-    from selfevolve.lm import chat_ids
+    from bench.distill import eval_arc_options
+    from selfevolve.distill.lm import chat_ids
 
     torch.set_num_threads(1)
     student = build_student(DistillConfig(base_model=str(tiny_base), domain="arc"), settings)
@@ -219,7 +219,7 @@ def test_option_scoring_with_the_shared_prompt_cache_matches_full_passes(tiny_ba
 
 def test_learning_curve_evaluates_inside_each_round(tiny_base, settings):
     """--curve evaluates at the given epochs of a round, in eval mode, and the round's own result closes it."""
-    from selfevolve.bench.distill import run_task
+    from bench.distill import run_task
 
     torch.set_num_threads(1)
     modes = []

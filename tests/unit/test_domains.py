@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selfevolve import domains
+from selfevolve.routing import domains
 from selfevolve.errors import ValidationError
 
 

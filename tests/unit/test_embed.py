@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from selfevolve.config import Settings
-from selfevolve.embed import DIM, Embedder
+from selfevolve.routing.embed import DIM, Embedder
 
 
 class CountingModel:
@@ -69,7 +69,7 @@ def test_cached_results_equal_uncached_results(texts, size):
 
 def test_a_second_embedder_shares_the_model_but_not_the_cache():
     from selfevolve.config import Settings
-    from selfevolve.embed import Embedder
+    from selfevolve.routing.embed import Embedder
 
     cold = Embedder(Settings(), cache_size=0)
     warm = cold.with_cache_size(10)

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from selfevolve import hierarchy as hier
-from selfevolve.bench import evolution
-from selfevolve.catalogue import Catalogue, ModelSpec, Role
+from selfevolve.evolution import hierarchy as hier
+from bench import evolution
+from selfevolve.models.catalogue import Catalogue, ModelSpec, Role
 
 # model -> (accuracy on alpha, accuracy on beta, USD per call)
 MODELS = {"sup": (0.95, 0.6, 0.01), "t1": (0.9, 0.3, 0.004), "s1": (0.6, 0.2, 0.0005),

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfevolve.catalogue import Catalogue, ModelSpec, Role
+from selfevolve.models.catalogue import Catalogue, ModelSpec, Role
 from selfevolve.config import Settings
-from selfevolve.fallback import fallback_chain
+from selfevolve.models.fallback import fallback_chain
 
 
 def spec(name, tier, role, cost, reserve=False) -> ModelSpec:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfevolve import gaps
+from selfevolve.evolution import gaps
 from selfevolve.config import Settings
 from selfevolve.errors import ValidationError
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfevolve import hierarchy as hier
+from selfevolve.evolution import hierarchy as hier
 from selfevolve.errors import ValidationError
 
 

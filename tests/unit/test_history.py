@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from selfevolve.errors import StoreError
-from selfevolve.history import History, Record
-from selfevolve.linear import normalize
+from selfevolve.routing.history import History, Record
+from selfevolve.routing.linear import normalize
 
 
 def _vecs(n, seed=0):

@@ -4,8 +4,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selfevolve import arbiter, learning
-from selfevolve.history import History, Record
+from selfevolve.scoring import arbiter
+
+from selfevolve.routing import learning
+from selfevolve.routing.history import History, Record
 
 
 def _delivered(h: History, called=("a", "b")):

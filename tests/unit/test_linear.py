@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from selfevolve.linear import cosine, normalize, topk
+from selfevolve.routing.linear import cosine, normalize, topk
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 

@@ -5,7 +5,7 @@ import torch
 
 from selfevolve.config import Settings
 from selfevolve.errors import TrainingError
-from selfevolve.lm import chat_ids, default_model_dir, generate, load_causal_lm, shipped_gguf
+from selfevolve.distill.lm import chat_ids, default_model_dir, generate, load_causal_lm, shipped_gguf
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_other_models_are_named_by_local_path(tmp_path):
 
 def test_the_conversion_runs_once(tmp_path, monkeypatch):
     """`selfevolve setup-models` (every `make demo`) converts the GGUF the first time only."""
-    from selfevolve import lm
+    from selfevolve.distill import lm
 
     settings = Settings(home=tmp_path, cache_dir=tmp_path / "cache")
     made = []

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfevolve import metalearn
+from selfevolve.evolution import metalearn
 from selfevolve.errors import ValidationError
 
 ROOT = Path(__file__).resolve().parents[2]

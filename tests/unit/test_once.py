@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfevolve import once, stats
+from selfevolve.wire import once
+
+from selfevolve.evolution import stats
 
 
 @pytest.mark.parametrize(

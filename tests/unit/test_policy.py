@@ -5,11 +5,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
 
-from selfevolve.catalogue import Catalogue, ModelSpec, Role
+from selfevolve.models.catalogue import Catalogue, ModelSpec, Role
 from selfevolve.config import Settings
-from selfevolve.cost import TenantBudgets
+from selfevolve.routing.cost import TenantBudgets
 from selfevolve.errors import ConfigError
-from selfevolve.history import History, Record
+from selfevolve.routing.history import History, Record
 from selfevolve.routing import HYBRID, PARALLEL, TARGETED, RouteQuery, Router
 
 CAT = Catalogue([

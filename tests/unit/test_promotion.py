@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfevolve import hierarchy as hier
-from selfevolve import promotion
+from selfevolve.evolution import hierarchy as hier
+from selfevolve.evolution import promotion
 from selfevolve.config import Settings
 from selfevolve.errors import ValidationError
-from selfevolve.stats import key
+from selfevolve.evolution.stats import key
 
 S = Settings()
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from selfevolve.bench import quality
+from bench import quality
 
 MODELS = ["tiny", "medium", "boss"]
 PRICE = {"tiny": 0.0001, "medium": 0.0005, "boss": 0.005}

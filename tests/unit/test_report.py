@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from selfevolve.bench.report import render
+from bench.report import render
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
@@ -26,11 +26,11 @@ def test_readme_tables_match_the_json():
     readme = (RESULTS.parents[1] / "README.md").read_text()
     for line in render(RESULTS).splitlines():
         if line.startswith("|"):
-            assert line in readme, f"README is stale; rerun python -m selfevolve.bench.report: {line}"
+            assert line in readme, f"README is stale; rerun python -m bench.report: {line}"
 
 
 def test_learning_curves_render_and_plot(tmp_path):
-    from selfevolve.bench.plotting import plot_learning_curves
+    from bench.plotting import plot_learning_curves
 
     def acc(m):
         return {"mean": m, "lo": m - 0.04, "hi": m + 0.04}
@@ -54,4 +54,4 @@ def test_empty_and_unset_arguments_are_left_out_of_the_command(tmp_path):
     task = {"n_train": 10, "n_test": 5, "rounds": {"before": rnd},
             "run": {"args": {"epochs": 1.0, "curve": "", "steps": "None", "out": "x.json", "tasks": "gsm8k"}}}
     (tmp_path / "distill.json").write_text(json.dumps({"tasks": {"gsm8k": task}}))
-    assert "(`python -m selfevolve.bench.distill --epochs 1.0 --tasks gsm8k`)" in render(tmp_path)
+    assert "(`python -m bench.distill --epochs 1.0 --tasks gsm8k`)" in render(tmp_path)

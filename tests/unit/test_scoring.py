@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selfevolve.scoring import score_responses, vote_posterior, winner
+from selfevolve.scoring.scoring import score_responses, vote_posterior, winner
 
 MC = "Pick one.\nA) cat\nB) dog\nC) cow\nAnswer:"
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from streams.security_bench import OUTCOMES, RESULT_KEYS, Result, build_report, lost_and_repeated, result_row
+from bench.security import OUTCOMES, RESULT_KEYS, Result, build_report, lost_and_repeated, result_row
 
 
 def _results() -> list[Result]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from selfevolve import hierarchy as hier
-from selfevolve import spawning
+from selfevolve.evolution import hierarchy as hier
+from selfevolve.evolution import spawning
 from selfevolve.config import Settings
 from selfevolve.errors import ValidationError
-from selfevolve.stats import key
+from selfevolve.evolution.stats import key
 
 S = Settings(max_models_per_domain=4)
 

@@ -7,7 +7,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from selfevolve.errors import QueryRejected, StoreError
-from selfevolve.sqlguard import TABLE_FUNCTIONS, Policy, check, check_ast, tokenize
+from selfevolve.store.sqlguard import TABLE_FUNCTIONS, Policy, check, check_ast, tokenize
 
 TABLES = frozenset({"queries", "answers", "scores", "feedback", "dead_letters", "model_events"})
 POLICY = Policy(tables=TABLES)

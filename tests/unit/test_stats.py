@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfevolve import stats
+from selfevolve.evolution import stats
 from selfevolve.errors import ValidationError
 
 

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfevolve import learning
+from selfevolve.routing import learning
 from selfevolve.errors import StoreError, ValidationError
-from selfevolve.history import History, Record
-from selfevolve.tenancy import TENANT_RE, check_tenant, query_key, record_key, split_key
-from selfevolve.topics import Topics
+from selfevolve.routing.history import History, Record
+from selfevolve.wire.tenancy import TENANT_RE, check_tenant, query_key, record_key, split_key
+from selfevolve.wire.topics import Topics
 
 TOPICS = Topics("se.")
 tenants = st.from_regex(TENANT_RE, fullmatch=True)
@@ -80,7 +80,7 @@ def test_tenant_of_inverts_the_per_tenant_names(tenant):
 
 
 def _verdict(qid: str):
-    from selfevolve import arbiter
+    from selfevolve.scoring import arbiter
 
     return arbiter.Verdict(qid, "m1", "ans", 0.9, {}, ("m1",), (), 0.1, "targeted", 1, {"m1": 0.1})
 
@@ -115,7 +115,7 @@ def test_a_redone_delivery_keeps_the_first_record():
     ('{"id": "q1", "text": "hi"}', None, "default"),
 ])
 def test_produce_stamps_the_tenant(line, tenant, want):
-    from selfevolve.codec import Codec
+    from selfevolve.wire.codec import Codec
     from selfevolve.config import Settings
     from streams.produce import _query_record
 
@@ -128,7 +128,7 @@ def test_produce_stamps_the_tenant(line, tenant, want):
     ('{"id": "q1", "text": "hi", "tenant": "Bad Name"}', None, "invalid tenant name"),
 ])
 def test_produce_refuses_a_line_of_another_or_an_invalid_tenant(line, tenant, reason):
-    from selfevolve.codec import Codec
+    from selfevolve.wire.codec import Codec
     from selfevolve.config import Settings
     from streams.produce import _query_record
 

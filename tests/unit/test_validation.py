@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selfevolve.codec import Codec
+from selfevolve.wire.codec import Codec
 from selfevolve.errors import ValidationError
-from selfevolve.validation import parse_query_line, validate_query
+from selfevolve.wire.validation import parse_query_line, validate_query
 
 LIMIT = 32 * 1024
 CODEC = Codec.from_dir()

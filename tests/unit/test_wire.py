@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from selfevolve import arbiter
-from selfevolve.catalogue import Catalogue
-from selfevolve.codec import Codec
+from selfevolve.scoring import arbiter
+from selfevolve.models.catalogue import Catalogue
+from selfevolve.wire.codec import Codec
 from selfevolve.config import Settings
 from selfevolve.distill.live import examples_from_buffer
-from selfevolve.history import History
+from selfevolve.routing.history import History
 from selfevolve.routing import RouteQuery, Router
-from selfevolve.wire import (answer_record, decision_from_record, decision_record, request_record,
+from selfevolve.wire.records import (answer_record, decision_from_record, decision_record, request_record,
                              response_from_record, score_records)
 
 CODEC = Codec.from_dir()

@@ -1,0 +1,1 @@
+"""Evolution: statistics, promotion, the hierarchy, gaps, spawning and meta-learning of thresholds."""
