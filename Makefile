@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install sandbox kafka-jars models bench clean down
+.PHONY: demo test install sandbox kafka-jars models embeddings data bench clean down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,13 +32,23 @@ kafka-jars: $(STAMP)
 models: $(STAMP)
 	$(BIN)/python -m streams.cli setup-models
 
-demo: install kafka-jars models
+# The static query embedder (settings.embedder="static"), distilled once from the wheel's MiniLM with model2vec
+# into .cache/embed (selfevolve/routing/embed.py; a minute or two of CPU, ~23 MB; nothing from a hub).
+embeddings: $(STAMP)
+	$(BIN)/python -m selfevolve.routing.embed build
+
+demo: install kafka-jars models embeddings
 	$(BIN)/selfevolve demo
 
-test: install kafka-jars
+test: install kafka-jars embeddings
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-bench: install kafka-jars
+# RouteLLM's GSM8K responses (lm-sys/RouteLLM, Apache-2.0) as a RouterBench-format two-model set, priced from
+# token counts; written once under .cache/data/routellm-gsm8k (selfevolve/data/routellm.py).
+data: $(STAMP)
+	$(BIN)/python -m selfevolve.data.routellm
+
+bench: install kafka-jars data embeddings
 	$(BIN)/selfevolve bench quality --data ../shared/data/routerbench-0shot
 	$(BIN)/selfevolve bench throughput
 	$(BIN)/selfevolve bench evolution --data ../shared/data/routerbench-0shot

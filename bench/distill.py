@@ -198,7 +198,7 @@ def run_task(name: str, train_ex: list[Example], test_ex: list[Example], cfg: Di
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfevolve bench distill", description=__doc__)
     p.add_argument("--train-limit", type=int, default=None, help="train examples per task (default: all)")
     p.add_argument("--test-limit", type=int, default=None, help="test examples per task (default: all)")
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=float, default=1.0, help="epochs per round when --steps is not given")
     p.add_argument("--curve", default="", help="comma-separated epochs within a round at which to evaluate too, "
                                                "e.g. 0.25,0.5,1 (the learning curve)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None, help="default: settings.distill_batch_size")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--tasks", default="arc,gsm8k")
     p.add_argument("--arc-target", choices=("option", "letter"), default="option",
@@ -215,10 +215,48 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=192)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("bench/results/distill.json"))
+    return p
+
+
+def _arc(args: argparse.Namespace, settings: Settings, base: DistillConfig, curve: tuple[float, ...],
+         on_round) -> tuple[str, dict]:
+    """The ARC-Challenge rounds, with reference points from the gold letters (reporting only): chance, and
+    always answering one letter."""
+    tr = arc_examples(settings.data_dir, "train", args.train_limit, spell_out=args.arc_target == "option")
+    te = [e for e in arc_examples(settings.data_dir, "test", args.test_limit) if e.gold]
+    golds = [e.gold for e in te]
+    reference = {"chance": 1 / len(LETTERS), "always_one_letter": {x: golds.count(x) / len(golds) for x in LETTERS}}
+    name = "arc" if args.arc_target == "option" else "arc_letter"
+    evaluate = eval_arc_options if args.arc_target == "option" else eval_arc
+    return name, {**run_task(name, tr, te, base, settings, evaluate, on_round(name), curve), "reference": reference}
+
+
+def _gsm8k(args: argparse.Namespace, settings: Settings, base: DistillConfig, curve: tuple[float, ...],
+           on_round) -> tuple[str, dict]:
+    tr = gsm8k_examples(settings.data_dir, "train", args.train_limit)
+    te = gsm8k_examples(settings.data_dir, "test", args.test_limit)
+    return "gsm8k", run_task("gsm8k", tr, te, base, settings,
+                             lambda s, ex: eval_gsm8k(s, ex, max_new_tokens=args.max_new_tokens),
+                             on_round("gsm8k"), curve)
+
+
+def _summary(tasks: dict) -> None:
+    for name, r in tasks.items():
+        if "multi_minus_before" not in r:
+            continue  # a task cut short earlier
+        acc = {k: v["accuracy"]["mean"] for k, v in r["rounds"].items()}
+        d = r["multi_minus_before"]
+        print(f"{name}: before {acc['before']:.3f}, response-only {acc['response_only']:.3f}, multi-aspect "
+              f"{acc['multi_aspect']:.3f}; multi - before {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]; "
+              f"round {r['rounds']['multi_aspect']['train_wall_s']:.0f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    settings = Settings()
-    base = DistillConfig(batch_size=args.batch_size, lr=args.lr, log_every=5)
+    settings = Settings.load()
+    base = DistillConfig(batch_size=args.batch_size or settings.distill_batch_size, lr=args.lr, log_every=5)
     base = replace(base, steps=args.steps) if args.steps else replace(base, epochs=args.epochs)
     curve = tuple(float(x) for x in args.curve.split(",") if x.strip())
     # Tasks run separately (each is long on 2 cores) share one results file: keep the others' results.
@@ -230,47 +268,25 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
-    def save(task: str):
-        def on_round(partial: dict) -> None:
+    def on_round(task: str):
+        def save(partial: dict) -> None:
             out["tasks"][task] = {**partial, "run": run_info}
             args.out.write_text(json.dumps(out, indent=1))
-        return on_round
+        return save
 
+    tasks = {"arc": _arc, "gsm8k": _gsm8k}
     for task in args.tasks.split(","):
-        if task == "arc":
-            tr = arc_examples(settings.data_dir, "train", args.train_limit, spell_out=args.arc_target == "option")
-            te = [e for e in arc_examples(settings.data_dir, "test", args.test_limit) if e.gold]
-            # Reference points from the gold letters (reporting only): chance, and always one letter.
-            golds = [e.gold for e in te]
-            reference = {"chance": 1 / len(LETTERS),
-                         "always_one_letter": {x: golds.count(x) / len(golds) for x in LETTERS}}
-            name = "arc" if args.arc_target == "option" else "arc_letter"
-            evaluate = eval_arc_options if args.arc_target == "option" else eval_arc
-            out["tasks"][name] = {**run_task(name, tr, te, base, settings, evaluate, save(name), curve),
-                                  "reference": reference, "run": run_info}
-        elif task == "gsm8k":
-            tr = gsm8k_examples(settings.data_dir, "train", args.train_limit)
-            te = gsm8k_examples(settings.data_dir, "test", args.test_limit)
-            out["tasks"]["gsm8k"] = run_task(
-                "gsm8k", tr, te, base, settings,
-                lambda s, ex: eval_gsm8k(s, ex, max_new_tokens=args.max_new_tokens), save("gsm8k"), curve)
-            out["tasks"]["gsm8k"]["run"] = run_info
-        else:
+        if task not in tasks:
             p.error(f"unknown task {task}")
+        name, result = tasks[task](args, settings, base, curve, on_round)
+        out["tasks"][name] = {**result, "run": run_info}
         args.out.write_text(json.dumps(out, indent=1))
     run_info["wall_s"] = time.perf_counter() - t0
     args.out.write_text(json.dumps(out, indent=1))
     from bench.plotting import plot_learning_curves
 
     plot_learning_curves(out["tasks"], args.out.with_name("distill_curve.png"))
-    for name, r in out["tasks"].items():
-        if "multi_minus_before" not in r:
-            continue  # a task cut short earlier
-        acc = {k: v["accuracy"]["mean"] for k, v in r["rounds"].items()}
-        d = r["multi_minus_before"]
-        print(f"{name}: before {acc['before']:.3f}, response-only {acc['response_only']:.3f}, multi-aspect "
-              f"{acc['multi_aspect']:.3f}; multi - before {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]; "
-              f"round {r['rounds']['multi_aspect']['train_wall_s']:.0f}s")
+    _summary(out["tasks"])
     return 0
 
 

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.ports import broker_ports
 from selfevolve.wire.codec import Codec
 from selfevolve.config import Settings
 from selfevolve.wire.topics import Topics
@@ -208,7 +209,8 @@ def _errored(name: str, e: BaseException):
 
 def run(settings: Settings, per_attack: int, scratch: Path) -> list[Result]:
     from streams.demo import wait_ready
-    from bench.security_attacks import Ctx, sandbox_attacks, secret_attacks, sql_attacks, state_overflow
+    from bench.security_attacks import Ctx, state_overflow
+    from bench.security_host import sandbox_attacks, secret_attacks, sql_attacks
     from streams.stack import Stack, broker_for, operator_settings
 
     stack = Stack(settings)
@@ -293,28 +295,6 @@ def print_table(report: dict) -> None:
     print(json.dumps(report["totals"]))
 
 
-def _free_ports() -> list[int]:
-    """The broker port (its controller takes the next one, as in streams.stack.broker_for) and three more."""
-    import socket
-
-    for _ in range(50):
-        socks = [socket.socket() for _ in range(4)]
-        try:
-            for s in socks:
-                s.bind(("127.0.0.1", 0))
-            ports = [s.getsockname()[1] for s in socks]
-            with socket.socket() as nxt:
-                nxt.bind(("127.0.0.1", ports[0] + 1))
-            if ports[0] + 1 not in ports:
-                return ports
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise OSError("no free pair of ports for the broker")
-
-
 def main(argv: list[str] | None = None) -> int:
     import secrets
 
@@ -327,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="selfevolve-security-"))
     scratch = home / "scratch"
     scratch.mkdir()
-    port, web, history_web, sql_port = _free_ports()
+    port, web, history_web, sql_port = broker_ports(3)
     security = args.security
     settings = Settings(home=home, kafka_bootstrap=f"127.0.0.1:{port}", web_port=web, history_web_port=history_web,
                         sql_port=sql_port, topic_prefix="sec.", sink_flush_seconds=0.5,

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     dead_letter_payload_bytes: int = 4096
     # Exact-text LRU of query embeddings (0 turns it off); ~1.6 KB per entry.
     embed_cache_size: int = 50_000
+    # Query embedder (selfevolve/routing/embed.py; bench/results/embeddings.json measures both): "static", a
+    # model2vec table distilled locally from the bundled MiniLM by `make embeddings` (no torch at run time),
+    # or "minilm" through torch. Both read a text's last embed_max_tokens word pieces (the question comes last).
+    embedder: Literal["static", "minilm"] = "static"
+    embed_max_tokens: int = Field(default=128, ge=1)
+    embed_static_dims: int = Field(default=256, ge=1, le=384)  # leading PCA components the static model keeps
     # Records one poll may hand the router and the scorer: each batch waits once for the broker's acks.
     router_batch_size: int = 128
     scorer_batch_size: int = 500
@@ -68,6 +74,7 @@ class Settings(BaseSettings):
     code_check_memory_mb: int = 512
     code_check_max_procs: int = 8
     code_check_file_mb: int = 8
+    code_check_open_files: int = 64  # file descriptors per sandboxed process
     scorer_done_keep: int = 200_000  # answered-query markers the scorer keeps (memory and restore time)
     # Each stream worker role serves /ready (and the history role /stats) on its own port.
     web_port: int = 16066
@@ -102,6 +109,15 @@ class Settings(BaseSettings):
     cost_lambda: float = 0.1  # cost counted as a fraction of the supervisor's price per call
     budget_per_query_usd: float | None = None
     knn_k: int = 20
+    # Router knobs (selfevolve/routing/policy.py): pseudo-verdicts of each model's prior, the UCB bonus of a
+    # thinly observed model, "cheap" = at most this fraction of the top model's price, models per parallel call.
+    router_prior_strength: float = 20.0
+    router_explore: float = 0.3
+    router_cheap_ratio: float = 0.25
+    router_max_parallel: int = 4
+    # "At least this fraction of the supervisor's quality, as cheaply as possible" (selfevolve/routing/target.py);
+    # None: cost_lambda stays where it is set.
+    quality_target: float | None = None
     score_weights: tuple[float, float, float, float] = (0.2, 0.5, 0.15, 0.15)
 
     # Backends.
@@ -120,9 +136,11 @@ class Settings(BaseSettings):
     domain_radius: float = 0.5
     max_domains: int = 8
     promote_gated: bool = False
-    metalearn_interval_s: float = 30.0
+    # The meta-learner counts answers, not seconds: every metalearn_every answers it scores each strategy over
+    # the last metalearn_window answers and nudges θh/θl by metalearn_delta (a replay gives the same nudges).
+    metalearn_every: int = Field(default=100, ge=1)
+    metalearn_window: int = Field(default=300, ge=1)
     metalearn_delta: float = 0.02
-    metalearn_horizon_s: float = 3600.0
     # Replay mode activates recorded reserve models; live mode trains SmolLM2 students instead.
     spawn_mode: str = "replay"
     spawn_backends: tuple[str, ...] = ("replay",)
@@ -178,3 +196,9 @@ class Settings(BaseSettings):
     @property
     def chdb_dir(self) -> Path:
         return self.chdb_path or (self.home / "chdb")
+
+
+# The declared defaults, built without reading the environment (model_construct skips every settings
+# source): where a pure function's parameter needs a default, it takes it from here, so each value is
+# written once, above. A process builds Settings.load() and passes it down; hosts never use DEFAULTS.
+DEFAULTS = Settings.model_construct()

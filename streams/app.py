@@ -18,7 +18,7 @@ from streams.runtime import Runtime
 # strategy changes made in one reach the other's evolution followers (streams/model_events.py).
 ROLES = {
     "serve": ("streams.router", "streams.scorer", "streams.feedback", "streams.model_events"),
-    "history": ("streams.sink", "streams.stats", "streams.gaps", "streams.metalearner", "streams.model_events"),
+    "history": ("streams.sink", "streams.evolution_agent", "streams.model_events"),
 }
 
 
@@ -75,11 +75,11 @@ def main(argv: list[str] | None = None) -> None:
         role, args = args[1], args[2:]
     app, rt = create_app(Settings.load(), role=role)
     if role == "serve":
-        # Load the routing core and the embedding model before Faust starts consuming: done lazily by the
+        # Load the serve state and the embedding model before Faust starts consuming: done lazily by the
         # first event, it held the event loop for ~8 s right after partitions were assigned, and in the
         # SIGKILL test every such restart with a backlog skipped ~10 queries per partition (fetched, never
         # delivered, then committed past by Faust's gap handling).
-        rt.routing()["embedder"].encode(["warm-up"])
+        rt.serving().embedder.encode(["warm-up"])
     sys.argv = [sys.argv[0], *args]
     app.main()
 

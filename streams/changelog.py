@@ -2,9 +2,10 @@
 
 What a Faust table gives an agent, for a consumer that commits by hand: the table's partitions follow the
 input partitions (a key lives in the partition number of the input that wrote it), a newly assigned
-partition is rebuilt from its changelog before any input is read, and writes are staged in memory and
-reach the changelog only when the owner calls flush(), which it does after that batch's outputs are
-acknowledged and before it commits the batch's offsets.
+partition is read back from its changelog (restore, then take) before any input is read, and writes are
+staged and reach the changelog only when the owner calls flush(), which it does after that batch's
+outputs are acknowledged and before it commits the batch's offsets. The live values are the owner's (the
+scorer fold's state): the table holds only what a restore read, until the owner takes it.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from selfevolve.config import Settings
 from selfevolve.errors import ValidationError
+from selfevolve.flow.scorer import CHANGELOG_RECORD_OVERHEAD
 from streams.kafka_io import client_options
 
 log = logging.getLogger("selfevolve.changelog")
 
 # (topic, key, value or None for a tombstone, partition) -> the broker's acknowledgement
-# Room for the key's framing and the record batch's headers under the broker's message.max.bytes.
-_RECORD_OVERHEAD = 1024
 Send = Callable[[str, bytes, bytes | None, int], Awaitable[Awaitable[Any]]]
 
 
@@ -31,28 +31,27 @@ class ChangelogTable:
     def __init__(self, settings: Settings, name: str) -> None:
         self.settings = settings
         self.topic = f"{settings.topic_prefix}{name}-changelog"
-        self.data: dict[int, dict[str, Any]] = {}  # partition -> key -> value
+        self.data: dict[int, dict[str, Any]] = {}  # partition -> key -> value, as restore() read them
         self.pending: dict[tuple[int, str], bytes | None] = {}  # staged encoded writes, the latest per key
 
-    def get(self, partition: int, key: str, default: Any = None) -> Any:
-        return self.data.get(partition, {}).get(key, default)
-
     def put(self, partition: int, key: str, value: Any) -> None:
-        """Visible to get() at once; durable after the next flush(). A value whose record would exceed what
-        the broker accepts raises ValidationError and changes nothing: flushing it would fail the whole batch
-        on every retry, so the event that grew it is dead-lettered instead."""
+        """Durable after the next flush(). A value whose record would exceed what the broker accepts raises
+        ValidationError and stages nothing: flushing it would fail the whole batch on every retry (the scorer
+        fold refuses such a log before it keeps it; this is the last guard)."""
         encoded = json.dumps(value).encode()
-        limit = self.settings.kafka_max_message_bytes - _RECORD_OVERHEAD - len(key.encode())
+        limit = self.settings.kafka_max_message_bytes - CHANGELOG_RECORD_OVERHEAD - len(key.encode())
         if len(encoded) > limit:
             raise ValidationError(f"{self.topic} value for {key[:100]!r} would be {len(encoded)} bytes, over the "
                                   f"{limit}-byte record limit")
-        self.data.setdefault(partition, {})[key] = value
         self.pending[(partition, key)] = encoded
 
     def delete(self, partition: int, key: str) -> None:
-        """Forget key; the next flush() writes a tombstone, which compaction then removes with the key."""
-        self.data.get(partition, {}).pop(key, None)
+        """The next flush() writes a tombstone, which compaction then removes with the key."""
         self.pending[(partition, key)] = None
+
+    def take(self, partition: int) -> dict[str, Any]:
+        """What restore() read of a partition, key -> value in the order last written; the table forgets it."""
+        return self.data.pop(partition, {})
 
     async def flush(self, send: Send) -> None:
         """Write the staged values and wait for the broker to hold all of them."""
@@ -62,7 +61,8 @@ class ChangelogTable:
             await ack
 
     def drop(self, partitions: set[int]) -> None:
-        """Forget partitions this worker no longer owns (a rebalance gave them to another)."""
+        """Forget partitions this worker no longer owns (a rebalance gave them to another): their restored
+        values and their staged writes."""
         for p in partitions:
             self.data.pop(p, None)
         self.pending = {k: v for k, v in self.pending.items() if k[0] not in partitions}
@@ -88,9 +88,9 @@ class ChangelogTable:
                 for tp, msgs in (await consumer.getmany(*todo, timeout_ms=1000)).items():
                     for m in msgs:
                         key = m.key.decode()
-                        if m.value is None:
-                            self.data[tp.partition].pop(key, None)
-                        else:
+                        # Popped first: a rewritten key moves to the end, so the order is the last writes'.
+                        self.data[tp.partition].pop(key, None)
+                        if m.value is not None:
                             self.data[tp.partition][key] = json.loads(m.value)
                         read += 1
                 for tp in list(todo):

@@ -125,12 +125,34 @@ def _sql(args, settings: Settings) -> int:
 
 
 def _replay(args, settings: Settings) -> int:
-    from streams.stack_replay import run_replay
+    """In memory and deterministic (streams/log_replay.py), or --live through the running stack."""
+    if args.live:
+        if args.set or args.out or args.diff:
+            raise SelfEvolveError("--set, --out and --diff belong to the in-memory replay, not to --live")
+        from streams.stack_replay import run_replay
 
-    report = run_replay(settings, Path(args.path), seed=args.seed, window=args.window,
-                        warmup=args.warmup, limit=args.limit, feedback=not args.no_feedback,
-                        progress=lambda r, n: print(f"  {r.answers}/{n} answered", file=sys.stderr))
-    print(json.dumps(report.as_dict(), indent=2))
+        report = run_replay(settings, Path(args.path), seed=args.seed, window=args.window,
+                            warmup=args.warmup, limit=args.limit, feedback=not args.no_feedback,
+                            progress=lambda r, n: print(f"  {r.answers}/{n} answered", file=sys.stderr))
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    from streams.log_replay import diff, parse_overrides, replay
+
+    summary = replay(settings, Path(args.path), seed=args.seed, window=args.window, warmup=args.warmup,
+                     limit=args.limit, feedback=not args.no_feedback, overrides=parse_overrides(args.set),
+                     out=Path(args.out) if args.out else None,
+                     progress=lambda n, total: print(f"  {n}/{total} queries", file=sys.stderr))
+    print(json.dumps(summary, indent=2, default=str))
+    if args.diff:
+        print(diff(Path(summary["run_dir"]), Path(args.diff)))
+    return 0
+
+
+def _export(args, settings: Settings) -> int:
+    from streams.log_replay import export
+
+    counts = export(settings, Path(args.out), tenant=args.tenant, chdb=Path(args.chdb) if args.chdb else None)
+    print(f"exported {counts} to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -158,6 +180,35 @@ def _setup_models(args, settings: Settings) -> int:
     where = ensure_converted(settings)
     print(f"SmolLM2-135M ready under {where} ({time.time() - t0:.1f}s)")
     return 0
+
+
+def _replay_parsers(sub) -> None:
+    """`replay` (in memory, deterministic; or --live) and `export` (a past run as a replay LOG)."""
+    rp = sub.add_parser("replay", help="replay an event log deterministically in memory (or --live)",
+                        description="Replay LOG, a RouterBench-format directory or a `selfevolve export` file, "
+                        "through every fold in memory (no broker): the same LOG, --seed and settings give the "
+                        "same decisions, answers and evolution events. Writes RUN_DIR (a chdb store of the "
+                        "run's records, summary.json, decisions.jsonl). --live sends it through the running "
+                        "stack instead, which is NOT deterministic: when feedback and threshold changes land "
+                        "depends on timing.")
+    rp.add_argument("path", help="a RouterBench-format directory or an export file (selfevolve export)")
+    rp.add_argument("--seed", type=int, default=0, help="stream order of a RouterBench directory")
+    rp.add_argument("--window", type=int, default=50, help="queries sent before their answers' feedback")
+    rp.add_argument("--warmup", type=int, help="train rows streamed first (RouterBench; default all)")
+    rp.add_argument("--limit", type=int, help="test rows (RouterBench) or queries (export) to stream")
+    rp.add_argument("--no-feedback", action="store_true")
+    rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting for this replay (any Settings field, e.g. theta_high=0.85)")
+    rp.add_argument("--out", metavar="RUN_DIR", help="where the run goes (default <home>/replays/<log>-seed<N>)")
+    rp.add_argument("--diff", metavar="RUN", help="print this run and RUN (another RUN_DIR) side by side")
+    rp.add_argument("--live", action="store_true",
+                    help="through the running stack (selfevolve up): not deterministic; no --set/--out/--diff")
+    rp.set_defaults(fn=_replay)
+    ex = sub.add_parser("export", help="write a past run's queries, responses and feedback as a replay LOG")
+    ex.add_argument("out", help="the JSON-lines file to write")
+    ex.add_argument("--tenant", help="only this tenant's records")
+    ex.add_argument("--chdb", help="read this chdb store (a replay's RUN_DIR/chdb) instead of the stack's")
+    ex.set_defaults(fn=_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,14 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("query", nargs="?", default="")
     sq.add_argument("--list", action="store_true", help="list the example queries of infra/clickhouse/examples.sql")
     sq.set_defaults(fn=_sql)
-    rp = sub.add_parser("replay", help="replay a RouterBench-format dataset through the running stack")
-    rp.add_argument("path")
-    rp.add_argument("--seed", type=int, default=0)
-    rp.add_argument("--window", type=int, default=50)
-    rp.add_argument("--warmup", type=int)
-    rp.add_argument("--limit", type=int)
-    rp.add_argument("--no-feedback", action="store_true")
-    rp.set_defaults(fn=_replay)
+    _replay_parsers(sub)
     de = sub.add_parser("demo", help="start the embedded stack, replay the shipped workload, summarize")
     # 150 + 150 queries: enough for the router to learn, short enough for a demo on 2 cores.
     de.add_argument("--limit", type=int, default=150, help="test queries (of 300 shipped)")

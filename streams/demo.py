@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import sys
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 import httpx
 
 from selfevolve.config import Settings
+from selfevolve.data.routerbench import load_dir
+from selfevolve.distill import evaluate as ev
 from selfevolve.errors import SelfEvolveError
 from selfevolve.wire.codec import Codec
 from selfevolve.wire.tenancy import query_key
@@ -135,30 +136,110 @@ def _describe(kind: str, e: dict) -> str:
     return f"strategy θh={e['theta_high']:.3f} θl={e['theta_low']:.3f} ({e['reason']})"
 
 
+HELD_OUT = 30  # held-out questions the live phase judges before and after its round
+
+
 async def live_distillation(settings: Settings, stack: Stack, timeout: float = 900.0) -> None:
     """Live mode, short form: spawn a SmolLM2 student for the busiest domain, train it on its buffered
-    teacher answers, hot-load it in the local worker, and ask it the same question before and after."""
+    teacher answers and hot-load it in the local worker; then answer held-out questions of that domain with
+    the untrained and the trained student and report both accuracies (gold only reports, after the fact)."""
+    busiest = _busiest_domain(settings)
+    if busiest is None:
+        print("[live] no confident teacher answer was buffered; nothing to distil")
+        return
+    from selfevolve.distill.live import read_record  # loads torch: only the live phase needs it
+
+    domain, n = busiest
+    version = await _spawn_and_wait(settings, stack, domain, n, timeout)
+    checkpoint = Path(version["checkpoint"])
+    record = read_record(checkpoint)
+    if "query_ids" not in record:
+        print(f"[live] {checkpoint} has no round record naming its training questions; without it no question "
+              "is known to be held out, so the student is not evaluated", flush=True)
+        return
+    questions = ev.held_out(domain_questions(settings, domain), record.get("query_ids", ()),
+                            record.get("prompt_digests", ()), HELD_OUT)
+    if questions:
+        await _served_check(settings, questions[0], timeout)
+        print(f"[live] answering {len(questions)} held-out questions of domain {domain} with the untrained and "
+              f"the trained student (greedy, at most {ev.EVAL_MAX_NEW_TOKENS} new tokens, prompts cut to their "
+              f"last {settings.distill_max_prompt_tokens} tokens as in training) ...", flush=True)
+    for line in await asyncio.to_thread(judge_round, settings, str(domain), questions, checkpoint, record):
+        print(f"[live] {line}", flush=True)
+
+
+def _busiest_domain(settings: Settings) -> tuple[int, int] | None:
+    """(domain, confident teacher answers) of the domain with the most of them, or None."""
     from selfevolve.models.catalogue import Catalogue
 
     cat = Catalogue.load(settings.catalogue)
     teachers = ", ".join(f"'{s.name}'" for s in cat.models if s.role in ("teacher", "supervisor"))
     _, rows = sql(settings, f"SELECT domain, count() AS n FROM scores FINAL WHERE model IN ({teachers}) "
                             f"AND confidence > {settings.distill_confidence} GROUP BY domain ORDER BY n DESC LIMIT 1")
-    if not rows:
-        print("[live] no confident teacher answer was buffered; nothing to distil")
-        return
-    domain, n = int(rows[0][0]), int(rows[0][1])
-    _, plans = sql(settings, f"SELECT plan FROM route_decisions FINAL WHERE domain = {domain} LIMIT 1")
-    question = json.loads(plans[0][0])["text"]
+    return (int(rows[0][0]), int(rows[0][1])) if rows else None
+
+
+def domain_questions(settings: Settings, domain: int) -> list[ev.Question]:
+    """The domain's replayed questions whose gold answer the rules can read (from the replayed RouterBench
+    rows: reporting only, after every decision was made)."""
+    _, rows = sql(settings, "SELECT d.query_id, JSONExtractString(d.plan, 'text'), q.metadata['sample_id'], "
+                            "q.metadata['phase'], q.metadata['task'] FROM route_decisions AS d FINAL "
+                            "JOIN queries AS q FINAL ON d.query_id = q.query_id "
+                            f"WHERE d.domain = {int(domain)}")
+    return gold_questions(rows, load_dir(settings.replay_dir))
+
+
+def gold_questions(rows, dataset) -> list[ev.Question]:
+    """Questions from (query_id, prompt, sample_id, phase, task) rows whose sample has a readable gold."""
+    out = []
+    for qid, prompt, sample_id, phase, task in rows:
+        sample = dataset.get(str(sample_id))
+        if sample is None or not prompt:
+            continue
+        q = ev.question(str(qid), str(prompt), sample.responses, sample.correct, str(phase), str(task))
+        if q is not None:
+            out.append(q)
+    return out
+
+
+def judge_round(settings: Settings, domain: str, questions: list[ev.Question], checkpoint: Path,
+                record: dict, answer=None) -> list[str]:
+    """Answer the questions with the base student and the trained checkpoint; the report's lines.
+    answer(which, prompts) -> answers, which in ("before", "after"), replaces the two models in tests."""
+    answer = answer or _model_answers(settings, checkpoint)
+    prompts = [q.prompt for q in questions]
+    before = ev.score(answer("before", prompts) if questions else [], questions)
+    after = ev.score(answer("after", prompts) if questions else [], questions)
+    return ev.report_lines(domain, questions, before, after, record.get("loss", ()),
+                           int(record.get("batch_size", settings.distill_batch_size)),
+                           int(record.get("examples", 0)))
+
+
+def _model_answers(settings: Settings, checkpoint: Path):
+    """answer(which, prompts): the untrained base SmolLM2 ("before") or the trained checkpoint ("after")."""
+    def answer(which: str, prompts: list[str]) -> list[str]:
+        from selfevolve.distill.lm import load_causal_lm
+        from selfevolve.distill.train import load_checkpoint
+
+        if which == "before":
+            lm, tok = load_causal_lm(None, settings)
+        else:
+            student, _ = load_checkpoint(checkpoint, settings)
+            lm, tok = ev.serving_lm(student), student.tokenizer
+        t0 = time.time()
+        out = ev.answer_all(lm, tok, prompts, settings.distill_max_prompt_tokens)
+        print(f"[live] {which}: {len(prompts)} answers in {time.time() - t0:.0f}s", flush=True)
+        return out
+    return answer
+
+
+async def _spawn_and_wait(settings: Settings, stack: Stack, domain: int, n: int, timeout: float) -> dict:
+    """Ask the trainer for a live round on the domain; return its version event once the worker serves it."""
     codec, topics = Codec.from_dir(), Topics.from_settings(settings)
     prod = producer(settings)
     await prod.start()
-    responses = await tail_consumer(settings, topics.inference_responses, from_beginning=False)
     versions = await tail_consumer(settings, topics.model_events, from_beginning=False)
     try:
-        print(f"[live] asking the base SmolLM2-135M a question of domain {domain} ...", flush=True)
-        before = await _ask_local(prod, responses, codec, topics, question, "before", timeout)
-        print(f"[live] base student answered: {before!r}", flush=True)
         spawn = {"domain": domain, "teacher": None, "mode": "live", "priority": 1.0,
                  "ts_ms": int(time.time() * 1000)}
         await prod.send_and_wait(topics.spawns, key=str(domain).encode(), value=codec.encode("spawn", spawn))
@@ -168,12 +249,25 @@ async def live_distillation(settings: Settings, stack: Stack, timeout: float = 9
         print(f"[live] trained: {version['reason']}", flush=True)
         await _wait_hot_loaded(stack, version["checkpoint"], timeout)
         print(f"[live] hot-loaded {version['checkpoint']} into the running local worker (no restart)", flush=True)
-        after = await _ask_local(prod, responses, codec, topics, question, "after", timeout)
-        print(f"[live] distilled student answered: {after!r}", flush=True)
+        return version
+    finally:
+        await prod.stop()
+        await versions.stop()
+
+
+async def _served_check(settings: Settings, q: ev.Question, timeout: float) -> None:
+    """One held-out question through Kafka to the running worker: the hot-loaded student serves."""
+    codec, topics = Codec.from_dir(), Topics.from_settings(settings)
+    prod = producer(settings)
+    await prod.start()
+    responses = await tail_consumer(settings, topics.inference_responses, from_beginning=False)
+    try:
+        got = await _ask_local(prod, responses, codec, topics, q.prompt, "served", timeout)
     finally:
         await prod.stop()
         await responses.stop()
-        await versions.stop()
+    print(f"[live] served check: the running worker's student answered a held-out question {got!r} "
+          f"(gold {q.gold}; it reads the whole prompt, the evaluation below its tail as training does)", flush=True)
 
 
 async def _ask_local(prod, consumer, codec, topics, text: str, tag: str, timeout: float) -> str:

@@ -1,45 +1,43 @@
-"""Shared evolution state of a stream worker: the hierarchy and thresholds, applied to the router at once."""
+"""Evolution followers: model events and threshold changes made in any process reach this worker's folds."""
 
 from __future__ import annotations
 
 import logging
 
-from selfevolve.evolution import hierarchy as hier
-from selfevolve.evolution.hierarchy import domain_catalogue
-from selfevolve.wire.codec import Codec
+from selfevolve.flow.events import Event
 from streams.kafka_io import tail_consumer
 
 log = logging.getLogger("selfevolve.evolution")
+KINDS = ("model_event", "strategy")
 
 
-def catalogue_for(rt, domain: int):
-    """The catalogue the router sees for one domain: its roles and the reserves activated there."""
-    core = rt.routing()
-    key = (domain, core["hierarchy"].get("applied", 0))
-    views = core.setdefault("views", {})
-    if key not in views:
-        views[key] = domain_catalogue(core["catalogue"], core["hierarchy"], domain)
-    return views[key]
-
-
-def apply_model_event(rt, event: dict) -> None:
-    core = rt.routing()
-    core["hierarchy"] = hier.apply(core["hierarchy"], event)
-    log.info("model event %s %s domain=%s %s->%s (%s)", event["kind"], event["model"], event["domain"],
-             event.get("old_role"), event.get("new_role"), event.get("reason", ""))
-
-
-def apply_strategy(rt, event: dict) -> None:
-    core = rt.routing()
-    core["router"] = core["router"].with_thresholds(event["theta_high"], event["theta_low"])
-    log.info("thresholds θh=%.3f θl=%.3f (%s)", event["theta_high"], event["theta_low"], event.get("reason", ""))
+def follow(rt, event: Event) -> None:
+    """Hand one model_event or strategy event to every follower of this worker (rt.followers), in the order
+    they registered. Each fold decides for itself: one that refuses the event (raises, changing nothing)
+    does not keep it from the others; the first error is raised after all were called, so the caller
+    dead-letters or skips the event."""
+    if event.kind not in KINDS:
+        raise ValueError(f"followers take model_event and strategy events, not {event.kind!r}")
+    errors = []
+    for follower in rt.followers:
+        try:
+            follower(event)
+        except Exception as e:  # noqa: BLE001 - re-raised below, once every follower has had the event
+            errors.append(e)
+    if errors:
+        raise errors[0]
+    r = event.record
+    if event.kind == "model_event":
+        log.info("model event %s %s domain=%s %s->%s (%s)", r["kind"], r["model"], r["domain"],
+                 r.get("old_role"), r.get("new_role"), r.get("reason", ""))
+    else:
+        log.info("thresholds θh=%.3f θl=%.3f (%s)", r["theta_high"], r["theta_low"], r.get("reason", ""))
 
 
 async def recover(rt) -> None:
-    """Fold the model-events and strategy topics from the start: a restarted worker keeps evolution."""
-    codec = Codec.from_dir()
-    for topic, kind, apply in ((rt.topics.model_events, "model_event", apply_model_event),
-                               (rt.topics.strategy, "strategy", apply_strategy)):
+    """Fold the model-events and strategy topics from the start through the followers: a restarted worker
+    keeps evolution. An event a follower refuses is skipped (it was dead-lettered when it first came)."""
+    for topic, kind in ((rt.topics.model_events, "model_event"), (rt.topics.strategy, "strategy")):
         consumer = await tail_consumer(rt.settings, topic, from_beginning=True)
         try:
             end = await consumer.end_offsets(list(consumer.assignment()))
@@ -47,7 +45,7 @@ async def recover(rt) -> None:
                 for msgs in (await consumer.getmany(timeout_ms=500)).values():
                     for m in msgs:
                         try:
-                            apply(rt, codec.decode(kind, m.value))
+                            follow(rt, Event(kind, rt.codec.decode(kind, m.value), m.topic, (m.partition, m.offset)))
                         except Exception as e:  # noqa: BLE001 - a bad historic event must not block start-up
                             log.warning("skipping %s at %s: %s", kind, m.offset, e)
         finally:

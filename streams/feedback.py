@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from selfevolve.routing import learning
 from selfevolve.errors import ValidationError
+from selfevolve.flow.events import Event
 from streams.runtime import infrastructure
 
 log = logging.getLogger("selfevolve.feedback")
 
 
-def verdict_of(rt, history, msg) -> learning.Feedback:
+def feedback_event(rt, serve, msg) -> Event:
     """Decode one feedback message and check who may give it; raises DecodeError or ValidationError."""
     fb = rt.codec.decode("feedback", msg.value)
     owner = rt.topics.tenant_of(msg.topic)
@@ -29,20 +29,20 @@ def verdict_of(rt, history, msg) -> learning.Feedback:
         if fb["tenant"] != owner:
             raise ValidationError(f"tenant mismatch: feedback says tenant {fb['tenant']!r} but was written to "
                                   f"{msg.topic}, the topic of tenant {owner!r}")
-        if history.get(fb["query_id"], owner) is None:
+        if serve.known(fb["query_id"], owner) is None:
             raise ValidationError(f"feedback for a query tenant {owner} does not own: no answered query "
                                   f"{fb['query_id']!r} of tenant {owner!r}")
-    return learning.Feedback(fb["query_id"], fb["model"], fb["quality"], fb["tenant"])
+    return Event("feedback", fb, msg.topic, (msg.partition, msg.offset))
 
 
-async def feedback_batch(rt, core, messages) -> None:
-    """Apply one poll's verdicts; a record that cannot be read, is not allowed, or fails is dead-lettered
-    and the rest go on. Returns once the dead letters are acknowledged."""
+async def feedback_batch(rt, serve, messages) -> None:
+    """Apply one poll's verdicts to the history fold; a record that cannot be read, is not allowed, or fails
+    is dead-lettered and the rest go on. Returns once the dead letters are acknowledged."""
     acks = []
     for msg in messages:
         try:
-            # False means "not learnable" (model not called, not delivered yet): ignored by design.
-            learning.apply_feedback(core["history"], verdict_of(rt, core["history"], msg))
+            # A verdict the bandit rule refuses (model not called, not delivered yet) is ignored by design.
+            serve.learn(feedback_event(rt, serve, msg))
         except Exception as e:  # noqa: BLE001 - one poison record must not stop the stream
             if infrastructure(e):
                 raise
@@ -55,10 +55,10 @@ async def run_feedback(rt, stop: asyncio.Event | None = None) -> None:
     """Consume the feedback topics until cancelled (or `stop` is set)."""
     from streams.kafka_io import transactional_loop
 
-    core = await asyncio.to_thread(rt.routing)
+    serve = await asyncio.to_thread(rt.serving)
 
     async def handle(producer, messages) -> None:
-        await feedback_batch(rt.through(producer), core, messages)
+        await feedback_batch(rt.through(producer), serve, messages)
 
     await transactional_loop(rt.settings, "feedback", [rt.topics.feedback], rt.settings.router_batch_size, handle,
                              stop, pattern=rt.topics.pattern("feedback"))
@@ -71,5 +71,5 @@ def register(app, rt) -> None:
 
     @app.timer(interval=10.0)
     async def save_history():
-        """Snapshot the history so a restarted router starts from what it had learnt."""
+        """Snapshot the history and the router state so a restarted router starts from what it had learnt."""
         rt.save()  # on the loop: agents must not mutate the history mid-write

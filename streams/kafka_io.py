@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -58,16 +60,27 @@ def faust_credentials(settings: Settings) -> dict:
         mechanism=opts["sasl_mechanism"], ssl_context=opts.get("ssl_context"))}
 
 
-async def ensure_topics(settings: Settings, names: list[str] | None = None, compact: bool = False) -> None:
-    """Create every pipeline topic up front so partition counts match (Faust co-partitions by key);
-    compact=True makes them compacted changelogs, which keep the latest value per key."""
-    names = names or Topics.from_settings(settings).all()
+@contextlib.asynccontextmanager
+async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client signed in as this process's principal, closed on exit; BrokerError when the
+    broker cannot be reached or refuses the credential."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **client_options(settings))
     try:
         await admin.start()
     except Exception as e:  # noqa: BLE001 - aiokafka raises several kinds here
-        raise BrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {e}") from e
+        who = f" as {settings.kafka_username}" if settings.kafka_username else ""
+        raise BrokerError(f"cannot reach Kafka at {settings.kafka_bootstrap}{who}: {e}") from e
     try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def ensure_topics(settings: Settings, names: list[str] | None = None, compact: bool = False) -> None:
+    """Create every pipeline topic up front so partition counts match (Faust co-partitions by key);
+    compact=True makes them compacted changelogs, which keep the latest value per key."""
+    names = names or Topics.from_settings(settings).all()
+    async with admin_client(settings) as admin:
         existing = set(await admin.list_topics())
         configs = {"cleanup.policy": "compact"} if compact else {}
         new = [NewTopic(n, settings.topic_partitions, 1, topic_configs=configs) for n in names if n not in existing]
@@ -76,17 +89,11 @@ async def ensure_topics(settings: Settings, names: list[str] | None = None, comp
                 await admin.create_topics(new)
             except Exception:  # noqa: BLE001 - a concurrent creator may have won the race
                 pass
-    finally:
-        await admin.close()
 
 
 async def partitions_of(settings: Settings, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **client_options(settings))
-    await admin.start()
-    try:
+    async with admin_client(settings) as admin:
         described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
     return sorted(p["partition"] for d in described if d.get("error_code", 0) == 0
                   for p in d.get("partitions", []))
 

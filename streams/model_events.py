@@ -1,27 +1,35 @@
-"""Evolution followers: hierarchy and threshold changes made in any process reach this worker at once."""
+"""Evolution followers: hierarchy and threshold changes made in any process reach this worker's folds at once."""
 
 from __future__ import annotations
 
-from streams.evolution_follow import apply_model_event, apply_strategy, recover
+from selfevolve.flow.events import Event
+from streams.evolution_follow import follow, recover
 
 
 def register(app, rt) -> None:
+    rt.recovered.clear()  # the folds of this worker wait for the replay below (see Runtime.recovered)
+
     @app.task
     async def recover_evolution():
-        await recover(rt)
+        try:
+            await recover(rt)
+        finally:
+            rt.recovered.set()
 
+    # Each record goes to every fold registered in rt.followers (the router fold in the serve role; the
+    # history role's folds there). Re-applying an event this worker made itself is harmless: roles are
+    # set, not toggled, and thresholds replaced.
     @app.agent(rt.topic(rt.topics.model_events), name="model-events")
     async def model_events(stream):
-        async def apply(e, _at) -> None:
-            # Re-applying an event this worker made itself is harmless: roles are set, not toggled.
-            apply_model_event(rt, e)
+        async def apply(record, at) -> None:
+            follow(rt, Event("model_event", record, rt.topics.model_events, at))
 
         await rt.each(stream, "model_event", apply)  # a record that fails is dead-lettered, the rest go on
 
     @app.agent(rt.topic(rt.topics.strategy), name="strategy")
     async def strategy(stream):
         # The meta-learner runs in the history role; the router it tunes runs in the serve role.
-        async def apply(e, _at) -> None:
-            apply_strategy(rt, e)
+        async def apply(record, at) -> None:
+            follow(rt, Event("strategy", record, rt.topics.strategy, at))
 
         await rt.each(stream, "strategy", apply)

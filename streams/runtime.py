@@ -1,21 +1,34 @@
-"""What every agent of one stream worker shares: settings, codec, topics, core state, producer helpers."""
+"""What every agent of one stream worker shares: settings, codec, topics, the serve role's folds, senders."""
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from selfevolve.wire.codec import Codec
 from selfevolve.config import Settings
+from selfevolve.errors import BrokerError, ConfigError, StoreError, ValidationError
+from selfevolve.flow.events import INTERNAL, Event, Out
+from selfevolve.flow.learning import HistoryFold
+from selfevolve.flow.router import RouterFold, RouterState
+from selfevolve.models.catalogue import Catalogue
+from selfevolve.routing.embed import Embedder
+from selfevolve.routing.history import History, Record
+from selfevolve.wire.codec import Codec
 from selfevolve.wire.deadletter import dead_letter
-from selfevolve.errors import BrokerError, ValidationError
-from selfevolve.wire.topics import Topics
+from selfevolve.wire.tenancy import check_tenant
+from selfevolve.wire.topics import STAGES, TENANT_STAGES, Topics
 
 log = logging.getLogger("selfevolve.runtime")
 MAX_KEY_BYTES = 256  # of a dead letter's key: the failed record's key, which is as untrusted as its value
+ROUTER_SNAPSHOT = "router.json"  # next to the history snapshot
 
 
 def infrastructure(error: BaseException) -> bool:
@@ -38,19 +51,95 @@ def now_ms() -> int:
 
 
 @dataclass
+class ServeState:
+    """The serve role's folds and their states, built once per process: the router fold reads the routing
+    history, the history fold (deliveries from the scorer, feedback) writes it, in place."""
+
+    catalogue: Catalogue
+    embedder: Embedder
+    history: History
+    router_fold: RouterFold
+    router_state: RouterState
+    history_fold: HistoryFold
+
+    @classmethod
+    def build(cls, settings: Settings, where: Path | None) -> "ServeState":
+        """From the settings and, with `where`, the snapshots saved there (a history, a router state)."""
+        catalogue = Catalogue.load(settings.catalogue)
+        embedder = Embedder(settings)
+        history_fold = HistoryFold()
+        history = (History.load(where) if where is not None and (where / "meta.json").exists()
+                   else history_fold.initialize())
+        router_fold = RouterFold(settings, catalogue, history, embedder)
+        return cls(catalogue=catalogue, embedder=embedder, history=history, router_fold=router_fold,
+                   router_state=router_fold.restore(_router_snapshot(where)), history_fold=history_fold)
+
+    def deliver(self, out: Out) -> None:
+        """Apply one internal "delivery" output (the scorer's) to the history fold."""
+        self.history, _ = self.history_fold.step(self.history, Event(out.kind, out.record, payload=out.payload))
+
+    def learn(self, event: Event) -> None:
+        """Apply one feedback event to the history fold (the host checked who sent it)."""
+        self.history, _ = self.history_fold.step(self.history, event)
+
+    def follow(self, event: Event) -> None:
+        """A model_event or strategy event reaches the router fold at once (a follower of streams/model_events)."""
+        self.router_state, _ = self.router_fold.step(self.router_state, event)
+
+    def known(self, query_id: str, tenant: str) -> Record | None:
+        """The history's record of an answered query, if it holds one (for reuse and ownership checks)."""
+        return self.history.get(query_id, tenant)
+
+    def save(self, where: Path) -> None:
+        self.history.save(where)
+        (where / ROUTER_SNAPSHOT).write_text(json.dumps(self.router_state.to_json()))
+
+
+def _router_snapshot(where: Path | None) -> dict | None:
+    """The saved router state, or the domains.json a worker saved before the router was a fold."""
+    for name in (ROUTER_SNAPSHOT, "domains.json"):
+        path = where / name if where is not None else None
+        if path is not None and path.exists():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                raise StoreError(f"cannot read the router snapshot {path}") from e
+    return None
+
+
+def _set(event: asyncio.Event) -> asyncio.Event:
+    event.set()  # nothing to wait for unless a follower registers (streams/model_events.py)
+    return event
+
+
+@dataclass
 class Runtime:
-    """Built once per worker process and passed to each agent's `register(app, rt)`."""
+    """Built once per worker process and passed to each agent's `register(app, rt)`. `through()` copies it:
+    the serve state, the followers and the store are shared by reference; sink_skipped is a plain count of
+    the runtime the sink was given."""
 
     settings: Settings
     codec: Codec
     topics: Topics
     app: Any = None
-    core: dict[str, Any] = field(default_factory=dict)
+    serve: ServeState | None = None  # the serve role's folds: built by serving(), serve role only
+    # Called with each decoded model_event / strategy Event (streams/model_events.py, both roles).
+    followers: list[Callable[[Event], None]] = field(default_factory=list)
+    store: Any = None  # history role: the ClickHouse store, set by the sink
+    sink_skipped: int = 0  # history role: records the sink could not read or store
+    # Set once the model-events and strategy topics were replayed through the followers at start-up
+    # (streams/model_events.py clears it when it registers): until then a fold would decide on a hierarchy
+    # and thresholds older than the topics', and decide again what was decided before the restart.
+    recovered: asyncio.Event = field(default_factory=lambda: _set(asyncio.Event()), repr=False)
     _topics: dict[str, Any] = field(default_factory=dict)  # Faust topic objects, built once per name
     producer: Any = None  # an aiokafka producer to send through instead of Faust's (a task's transactions)
     # Only the serve role learns a routing history and snapshots it; the history role must not read the
     # snapshot, which the serve worker may be rewriting at that moment.
     owns_history: bool = True
+    # serving()'s lock (two tasks may build it at once, each in a thread) and the one ServeState, shared with
+    # every through() copy, even one made before the state was built.
+    _building: Any = field(default_factory=threading.Lock, repr=False)
+    _built: list = field(default_factory=list, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, owns_history: bool = True) -> "Runtime":
@@ -58,39 +147,25 @@ class Runtime:
                    owns_history=owns_history)
 
     def through(self, producer) -> "Runtime":
-        """This runtime, sending through producer (shares settings, codec and core state)."""
+        """This runtime, sending through producer (shares settings, codec, the serve state and followers)."""
         return replace(self, producer=producer, _topics={})
 
-    def routing(self) -> dict[str, Any]:
-        """The shared routing core, built on first use: catalogue, history (reloaded), embedder, router."""
-        if "router" not in self.core:
-            from selfevolve.models.catalogue import Catalogue
-            from selfevolve.routing.embed import Embedder
-            from selfevolve.routing.history import History
-            from selfevolve.routing import Router
-
-            catalogue = Catalogue.load(self.settings.catalogue)
-            where = self.history_dir
-            history = History.load(where) if self.owns_history and (where / "meta.json").exists() else History()
-            embedder = Embedder(self.settings)
-            from selfevolve.routing import domains
-            from selfevolve.evolution import hierarchy
-
-            saved = where / "domains.json"
-            dom = (json.loads(saved.read_text()) if self.owns_history and saved.exists()
-                   else domains.initialize(self.settings.domain_radius, self.settings.max_domains))
-            self.core.update(catalogue=catalogue, history=history, embedder=embedder, vectors={},
-                             domains=dom, hierarchy=hierarchy.from_catalogue(catalogue),
-                             router=Router(self.settings, catalogue, history, embedder))
-        return self.core
+    def serving(self) -> ServeState:
+        """The serve role's folds, built on first use (loading the history snapshot takes a while; call it
+        off the event loop). The history role gets a fresh state: it must not read the serve worker's
+        snapshot."""
+        if self.serve is not None:
+            return self.serve
+        with self._building:
+            if not self._built:
+                self._built.append(ServeState.build(self.settings, self.history_dir if self.owns_history else None))
+            self.serve = self._built[0]
+            return self.serve
 
     def save(self) -> None:
-        """Snapshot what the router learnt (history and domains) so a restart starts from it."""
-        if not self.owns_history:
-            return
-        core = self.routing()
-        core["history"].save(self.history_dir)
-        (self.history_dir / "domains.json").write_text(json.dumps(core["domains"]))
+        """Snapshot what the router learnt (history and router state) so a restart starts from it."""
+        if self.owns_history and (self.serve is not None or self._built):
+            self.serving().save(self.history_dir)
 
     @property
     def history_dir(self):
@@ -113,6 +188,27 @@ class Runtime:
         if topic not in self._topics:
             self._topics[topic] = self.app.topic(topic, key_serializer="raw", value_serializer="raw")
         return await self._topics[topic].send(key=key, value=value, partition=partition)
+
+    async def send_out(self, out: Out):
+        """Queue a fold's output on the topic of its stage; returns the ack future. Internal kinds never
+        travel on a topic: they are handed to their fold in this process."""
+        if out.kind in INTERNAL:
+            raise ConfigError(f"{out.kind!r} outputs are internal: hand them to their fold, not to a topic")
+        return await self.send(self.topic_of(out), out.kind, out.record, out.key)
+
+    def topic_of(self, out: Out) -> str:
+        """The topic of an output's stage: a stage of topics.STAGES, `inference-requests.<backend>` or
+        `<tenant stage>.<tenant>`; one whose kind is not what that topic carries is refused."""
+        base, dot, rest = out.stage.partition(".")
+        if STAGES.get(base) != out.kind:
+            raise ConfigError(f"a {out.kind} output cannot go to stage {out.stage!r}")
+        if not dot:
+            return f"{self.topics.prefix}{base}"
+        if base == "inference-requests":
+            return self.topics.requests_for(rest)
+        if base in TENANT_STAGES:
+            return f"{self.topics.prefix}{base}.{check_tenant(rest)}"
+        raise ConfigError(f"stage {out.stage!r} has no per-backend or per-tenant topics")
 
     async def publish(self, topic: str, kind: str, record: dict, key: str | None) -> None:
         """Send and wait for the broker's acknowledgement. Faust acks the input event when the agent moves

@@ -4,6 +4,8 @@ The sink is a task of the stream worker (it holds the chdb directory and serves 
 own aiokafka consumer with manual commits rather than a Faust agent: Faust acks an event when its iterator
 moves on, so a batch held across a hard kill with a backlog could count as consumed before it was stored
 (the kill test lost rows that way). Here the contract of selfevolve.store.batching holds by construction.
+Each stored batch's answers and verdicts then go to the meta-learner fold (streams/metalearner.py says why
+there), whose strategy events are acknowledged before the batch's offsets are committed.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from selfevolve.wire.validation import validate_query
 log = logging.getLogger("selfevolve.sink")
 
 
-def rows_by_kind(rt, messages) -> dict[str, list[dict]]:
-    """Decode raw messages into rows per event kind; undecodable ones are skipped here because the stage
-    that owns their topic dead-letters them, and the dead_letters table stores that record instead."""
-    rows: dict[str, list[dict]] = defaultdict(list)
+def decoded(rt, messages) -> list[tuple[object, str, dict]]:
+    """(message, kind, record) for each message the sink can read, in the order read; undecodable ones are
+    skipped here (and counted) because the stage that owns their topic dead-letters them, and the
+    dead_letters table stores that record instead."""
+    out = []
     for msg in messages:
         try:
             kind = rt.topics.kind_of(msg.topic)
@@ -39,13 +42,26 @@ def rows_by_kind(rt, messages) -> dict[str, list[dict]]:
         except Exception:  # noqa: BLE001 - any record the sink cannot read is skipped and counted
             skipped(rt, 1)
             continue
+        out.append((msg, kind, record))
+    return out
+
+
+def rows_by_kind(rt, messages) -> dict[str, list[dict]]:
+    """Decode raw messages into rows per event kind (see decoded)."""
+    return _by_kind(decoded(rt, messages))
+
+
+def _by_kind(items) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = defaultdict(list)
+    for _, kind, record in items:
         rows[kind].append(record)
     return rows
 
 
 def skipped(rt, n: int) -> int:
-    """Count records the sink skipped (in rt.core, shown on the history role's /stats); returns the total."""
-    total = rt.core["sink_skipped"] = rt.core.get("sink_skipped", 0) + n
+    """Count records the sink skipped (rt.sink_skipped, shown on the history role's /stats); returns the total."""
+    rt.sink_skipped += n
+    total = rt.sink_skipped
     if n:
         log.warning("sink skipped %d record(s) it cannot read or store (%d in all)", n, total)
     return total
@@ -74,21 +90,29 @@ def insert_rows(store, kind: str, rows: list[dict], rt) -> None:
     skipped(rt, failed)
 
 
-async def run_sink(rt, store, stop: asyncio.Event | None = None) -> None:
-    """Consume every event topic into the store until cancelled (or `stop` is set)."""
+async def run_sink(rt, store, stop: asyncio.Event | None = None, learner=None) -> None:
+    """Consume every event topic into the store until cancelled (or `stop` is set). With `learner` (a
+    streams.metalearner.MetaLearnerHost) each stored batch's answers and verdicts are fed to the meta-learner,
+    restored from the store first, and its outputs acknowledged before the batch's offsets are committed."""
     from aiokafka.errors import CommitFailedError, IllegalStateError
 
     from streams.kafka_io import committing_consumer
 
     s = rt.settings
+    await rt.recovered.wait()  # the meta-learner's θ comes from the strategy topic first
+    if learner is not None:
+        learner.restore(await asyncio.to_thread(learner.read, store))
     state = batching.initialize()
     positions: dict = {}  # partition -> next offset to commit once the pending batch is stored
 
     async def flush() -> None:
         nonlocal state, positions
         pending, to_commit = batching.result(state), dict(positions)
-        for kind, rows in rows_by_kind(rt, pending).items():
+        items = decoded(rt, pending)
+        for kind, rows in _by_kind(items).items():
             await asyncio.to_thread(insert_rows, store, kind, rows, rt)  # StoreError: nothing committed, task fails
+        if learner is not None:
+            await learner.feed(rt, items)  # after the insert: a restart restores the fold from these rows
         state, positions = batching.initialize(), {}
         if to_commit:
             try:
@@ -126,19 +150,22 @@ async def run_sink(rt, store, stop: asyncio.Event | None = None) -> None:
 
 
 def register(app, rt) -> None:
+    from streams.metalearner import MetaLearnerHost
     from streams.sqlclient import serve_sql
     from streams.store import HistoryStore
 
     store = HistoryStore.open(rt.settings)
     store.ensure_schema()
-    rt.core["store"] = store
+    rt.store = store
+    learner = MetaLearnerHost.attach(rt)
+    endpoints: list = []
 
     @app.task
     async def sink():
-        await run_sink(rt, store)
+        await run_sink(rt, store, learner=learner)
 
     @app.task
     async def sql_endpoint():
         """Serve guarded SQL for `selfevolve sql` (the sink process holds the chdb directory): token
         required, loopback only, and on the store's own read-only session, never the sink's connection."""
-        rt.core["sql"] = await serve_sql(store, rt.settings)
+        endpoints.append(await serve_sql(store, rt.settings))  # held here: it serves as long as the worker runs

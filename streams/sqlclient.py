@@ -17,12 +17,13 @@ from uuid import UUID
 
 import httpx
 
-from selfevolve.config import Settings
+from selfevolve.config import DEFAULTS, Settings
 from selfevolve.errors import StoreError
 from streams.store import HistoryStore
 
 LOOPBACK = "127.0.0.1"
 MAX_QUEUED = 8  # user queries waiting for the endpoint's one query thread
+CLIENT_MARGIN_S = 30.0  # a client waits this much past sql_timeout_s: the engine's own timeout answers first
 EXAMPLES = Path(__file__).resolve().parent.parent / "infra" / "clickhouse" / "examples.sql"
 
 
@@ -106,12 +107,12 @@ def _refusal(request: Any, token: str, port: int) -> tuple[int, str] | None:
     return None
 
 
-async def serve_sql(store: HistoryStore, settings: Settings, port: int | None = None) -> SqlEndpoint:
-    """Serve guarded SQL on POST http://127.0.0.1:{port}/sql (body: SQL text) from the running loop.
+async def serve_sql(store: HistoryStore, settings: Settings) -> SqlEndpoint:
+    """Serve guarded SQL on POST http://127.0.0.1:{settings.sql_port}/sql (body: SQL text) from the running loop.
 
     Needs ``Authorization: Bearer <sql_token(settings)>``. Replies JSON ``{"columns": [...], "rows": [...]}``
-    or ``{"error": "..."}`` with 400 (rejected or failed), 401, 403, 413 or 429. Binds loopback only; port 0
-    picks a free port (default: settings.sql_port). Queries run in a thread of their own, on the store's
+    or ``{"error": "..."}`` with 400 (rejected or failed), 401, 403, 413 or 429. Binds loopback only; sql_port
+    0 picks a free port (the endpoint's url names it). Queries run in a thread of their own, on the store's
     user session, so the sink's loop goes on while a SELECT runs (chdb itself runs one statement at a time
     per process, so a sink insert may wait for it, at most sql_timeout_s).
     """
@@ -152,7 +153,7 @@ async def serve_sql(store: HistoryStore, settings: Settings, port: int | None = 
     app.router.add_get("/health", health)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = settings.sql_port if port is None else port
+    port = settings.sql_port
     try:
         await web.TCPSite(runner, LOOPBACK, port).start()
     except OSError as e:
@@ -186,7 +187,13 @@ def _post_sql(url: str, sql: str, token: str, timeout_s: float) -> tuple[list[st
     return list(body["columns"]), [tuple(r) for r in body["rows"]]
 
 
-def query_remote(url: str, sql: str, token: str, timeout_s: float = 60.0) -> tuple[list[str], list[tuple]]:
+def client_timeout_s(settings: Settings) -> float:
+    """How long a client waits for the endpoint's answer."""
+    return settings.sql_timeout_s + CLIENT_MARGIN_S
+
+
+def query_remote(url: str, sql: str, token: str,
+                 timeout_s: float = client_timeout_s(DEFAULTS)) -> tuple[list[str], list[tuple]]:
     """Run SQL on a live sink's endpoint; values are JSON-typed (datetimes as ISO strings)."""
     try:
         return _post_sql(url, sql, token, timeout_s)
@@ -203,7 +210,7 @@ def run_sql(settings: Settings, sql: str, url: str | None = None) -> tuple[list[
     the stack is down and the directory is opened here.
     """
     url = url or f"http://{LOOPBACK}:{settings.sql_port}"
-    timeout_s = settings.sql_timeout_s + 30.0  # the engine's own timeout answers first
+    timeout_s = client_timeout_s(settings)
     if not settings.clickhouse_url:
         try:
             return _post_sql(url, sql, sql_token(settings), timeout_s)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
 from collections import Counter
@@ -13,7 +12,8 @@ from typing import Callable
 
 from selfevolve.wire.codec import Codec
 from selfevolve.config import Settings
-from selfevolve.data.routerbench import Dataset, Sample, load_dir
+from selfevolve.data.routerbench import Sample, load_dir
+from selfevolve.flow.workload import plan  # the in-memory replay's order: train (warm-up) then test, by seed
 from selfevolve.wire.tenancy import query_key
 from selfevolve.wire.topics import Topics
 from streams.kafka_io import ensure_topics, producer, tail_consumer
@@ -51,20 +51,6 @@ class ReplayReport:
             "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))], "seconds": self.seconds,
             "by_phase": self.by_phase,
         }
-
-
-def plan(ds: Dataset, seed: int, warmup: int | None, limit: int | None) -> list[tuple[str, Sample]]:
-    """Train rows first (warm-up traffic, paid for like any other), then test rows, each shuffled."""
-    rng = random.Random(seed)
-    train = list(ds.split("train").samples)
-    test = list(ds.split("test").samples)
-    rng.shuffle(train)
-    rng.shuffle(test)
-    if warmup is not None:
-        train = train[:warmup]
-    if limit is not None:
-        test = test[:limit]
-    return [("warmup", s) for s in train] + [("test", s) for s in test]
 
 
 async def replay(settings: Settings, data: Path, *, seed: int = 0, window: int = 50,

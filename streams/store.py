@@ -13,25 +13,15 @@ import clickhouse_connect
 from selfevolve.store import sqlguard
 from selfevolve.config import Settings
 from selfevolve.errors import QueryRejected, StoreError
+from selfevolve.wire.topics import STAGES
 
 DATABASE = "selfevolve"
 DDL_PATH = Path(__file__).resolve().parent.parent / "infra" / "clickhouse" / "ddl.sql"
 
-# Event kind (Avro schema name in snake_case) -> table in DATABASE.
-TABLES: dict[str, str] = {
-    "query": "queries",
-    "route_decision": "route_decisions",
-    "inference_request": "inference_requests",
-    "inference_response": "inference_responses",
-    "score": "scores",
-    "answer": "answers",
-    "feedback": "feedback",
-    "dead_letter": "dead_letters",
-    "model_event": "model_events",
-    "gap": "gaps",
-    "spawn": "spawns",
-    "strategy": "strategies",
-}
+# Event kind (topics.STAGES, the one list of kinds) -> table in DATABASE: the kind's topic stage in
+# snake_case, plural where the stage's name is not.
+_PLURAL = {"dead-letter": "dead_letters", "strategy": "strategies"}
+TABLES: dict[str, str] = {kind: _PLURAL.get(stage, stage.replace("-", "_")) for stage, kind in STAGES.items()}
 
 
 def ddl_statements(text: str) -> list[str]:

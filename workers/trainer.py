@@ -16,6 +16,7 @@ from selfevolve.models.catalogue import Catalogue
 from selfevolve.wire.codec import Codec
 from selfevolve.config import Settings
 from selfevolve.distill import buffer
+from selfevolve.distill.evaluate import loss_trend
 from selfevolve.distill.live import train_round
 from selfevolve.errors import DecodeError, SelfEvolveError
 from selfevolve.wire.topics import Topics
@@ -62,7 +63,8 @@ class Trainer:
         log.info("trained %s for domain %s: %s", self.student, domain, summary)
         now = int(time.time() * 1000)
         why = (f"distilled from {summary['examples']} teacher answers in {summary['steps']} steps, "
-               f"loss {summary['first_loss']:.3f}->{summary['last_loss']:.3f}, {summary['wall_s']:.0f}s")
+               f"loss {summary['first_loss']:.3f}->{summary['last_loss']:.3f} "
+               f"({loss_trend([summary['first_loss'], summary['last_loss']])}), {summary['wall_s']:.0f}s")
         return [hier.event("activate", self.student, int(domain), None, "student", why, now),
                 hier.event("version", self.student, int(domain), "student", "student", why, now,
                            checkpoint=str(path))]

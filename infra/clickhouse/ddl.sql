@@ -39,7 +39,7 @@ ORDER BY (tenant, query_id);
 
 CREATE TABLE IF NOT EXISTS selfevolve.route_decisions
 (
-    version Int32 DEFAULT 3,
+    version Int32 DEFAULT 4,
     query_id String,
     tenant String,
     strategy String,
@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS selfevolve.route_decisions
     metadata Map(String, String) DEFAULT map(),
     plan String DEFAULT '',
     source String DEFAULT '',
+    vector Nullable(String),
     ts_ms Int64,
     ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC'),
     first_seen UInt64 MATERIALIZED toUInt64(9223372036854775807 - ts_ms)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import concurrent.futures
 import contextlib
 import logging
@@ -16,122 +15,27 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from infra.kafka.security import ADMIN_USER, SCRAM_MECHANISM, make_tls, secure_properties, write_private
+from infra.kafka.credentials import ADMIN_USER, SCRAM_MECHANISM, make_tls, write_private
+from infra.kafka.properties import (
+    broker_properties, java_command, log4j2_properties, random_cluster_id, render_properties,
+)
+from selfevolve.config import DEFAULTS, Settings
 from selfevolve.errors import BrokerError
 
 DEFAULT_VERSION = "4.3.1"
 POM = Path(__file__).resolve().with_name("pom.xml")
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
-# C1-only JIT halves start time on a busy 2-core box (measured 22.7 s -> 11.4 s at load 8); a dev/test
-# broker never runs long enough to miss C2. SerialGC: small heap, no GC threads competing for cores.
-JVM_FLAGS = ("-Xms256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
 # Kafka security modes: "none" is today's PLAINTEXT (the demo); "sasl" is SASL/SCRAM with ACLs; "sasl_ssl" adds TLS.
 SECURITY_MODES = ("none", "sasl", "sasl_ssl")
 
 
-def random_cluster_id() -> str:
-    """A Kafka Uuid as StorageTool prints it: 16 random bytes, base64url without padding."""
-    while True:
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        # Kafka rejects ids that start with '-' (they read as CLI flags), so draw again.
-        if not cid.startswith("-"):
-            return cid
-
-
-def broker_properties(
-    log_dir: Path, port: int, controller_port: int, partitions: int = 1, node_id: int = 1,
-    security: str = "none", admin_password: str | None = None, tls: dict[str, str] | None = None,
-) -> dict[str, str]:
-    """server.properties of a combined broker+controller that lives alone on 127.0.0.1; with security on,
-    the client listener takes SASL/SCRAM (over TLS for sasl_ssl) and the StandardAuthorizer enforces ACLs."""
-    props = {
-        "process.roles": "broker,controller",
-        "node.id": str(node_id),
-        "controller.quorum.voters": f"{node_id}@127.0.0.1:{controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
-        "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        "log.dirs": str(log_dir),
-        "num.partitions": str(partitions),
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        # One node: internal topics cannot have more replicas than brokers.
-        "offsets.topic.replication.factor": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
-        # Fewer internal partitions make the first group/transaction start in well under a second.
-        "offsets.topic.num.partitions": "8",
-        "transaction.state.log.num.partitions": "8",
-        # Tests and demos start consumers one by one; waiting 3 s for more members only slows them.
-        "group.initial.rebalance.delay.ms": "0",
-        "auto.create.topics.enable": "true",
-        "delete.topic.enable": "true",
-        # = selfevolve.config.KAFKA_MESSAGE_MAX_BYTES, every producer's max_request_size (a test checks).
-        "message.max.bytes": str(1024 * 1024),
-        # The dev machine has 2 cores shared by many: keep the thread count small.
-        "num.network.threads": "2",
-        "num.io.threads": "2",
-        "background.threads": "2",
-        "num.recovery.threads.per.data.dir": "1",
-        "log.cleaner.threads": "1",
-    }
-    if security != "none":
-        props.update(secure_properties(port, controller_port, security, admin_password or "", tls))
-    return props
-
-
-def _escape(text: str, is_key: bool) -> str:
-    """Java .properties escaping; Kafka reads the file as ISO-8859-1, so non-ASCII goes as \\uXXXX."""
-    out = []
-    for i, ch in enumerate(text):
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch in ":=#!" and is_key or ch == " " and (is_key or i == 0):
-            out.append("\\" + ch)  # these would end the key or be stripped as leading blanks
-        elif not " " <= ch <= "~":
-            units = ch.encode("utf-16-be")  # Java chars are UTF-16 units: astral chars need two
-            out.extend(f"\\u{int.from_bytes(units[j:j + 2], 'big'):04x}" for j in range(0, len(units), 2))
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def render_properties(props: dict[str, str]) -> str:
-    """Java .properties text that Properties.load reads back as exactly these pairs."""
-    return "".join(f"{_escape(k, True)}={_escape(v, False)}\n" for k, v in props.items())
-
-
-def log4j2_properties(log_file: Path) -> str:
-    """log4j2 config: everything at INFO into one file, nothing on the console."""
-    path = _escape(str(log_file), False)
-    return (
-        "status = warn\n"
-        "appender.file.type = File\n"
-        "appender.file.name = FILE\n"
-        f"appender.file.fileName = {path}\n"
-        "appender.file.layout.type = PatternLayout\n"
-        "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
-        "rootLogger.level = INFO\n"
-        "rootLogger.appenderRef.file.ref = FILE\n"
-    )
-
-
-def java_command(libs: Path, heap: str, log4j_file: Path, main: str, *args: str) -> list[str]:
-    """The java command line that runs `main` over every jar in libs."""
-    return [
-        "java", f"-Xmx{heap}", *JVM_FLAGS,
-        f"-Dlog4j2.configurationFile={log4j_file}",
-        "-cp", str(libs / "*"), main, *args,
-    ]  # fmt: skip
+def bootstrap_port(settings: Settings) -> int:
+    """The client port of settings.kafka_bootstrap."""
+    return int(settings.kafka_bootstrap.rsplit(":", 1)[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
@@ -189,8 +93,8 @@ class KafkaBroker:
         self,
         cache_dir: Path,
         data_dir: Path,
-        port: int = 19092,
-        controller_port: int = 19093,
+        port: int = bootstrap_port(DEFAULTS),
+        controller_port: int | None = None,
         version: str = DEFAULT_VERSION,
         heap: str = "512m",
         partitions: int = 1,
@@ -201,7 +105,7 @@ class KafkaBroker:
         self.cache_dir = Path(cache_dir).resolve()
         self.data_dir = Path(data_dir).resolve()
         self.port = port
-        self.controller_port = controller_port
+        self.controller_port = port + 1 if controller_port is None else controller_port  # unless told: the next
         self.version = version
         self.heap = heap
         self.partitions = partitions
@@ -217,6 +121,14 @@ class KafkaBroker:
         self.admin_password_file = self.secrets_dir / "admin-password"
         self.tls_dir = self.secrets_dir / "tls"
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings, data_dir: Path | None = None, **kw: Any) -> KafkaBroker:
+        """The local broker of these settings: jars under cache_dir, state under home (or data_dir), the port
+        of kafka_bootstrap, kafka_security, topic_partitions for topics it creates itself."""
+        kw.setdefault("partitions", settings.topic_partitions)
+        return cls(settings.cache_dir / "kafka", data_dir or settings.home / "kafka", port=bootstrap_port(settings),
+                   security=settings.kafka_security, **kw)
 
     @property
     def bootstrap(self) -> str:
@@ -406,15 +318,11 @@ class KafkaBroker:
 
 
 def _build(args: argparse.Namespace) -> KafkaBroker:
-    from selfevolve.config import Settings  # CLI defaults only; the class itself never reads settings
-
-    s = Settings.load()
-    port = args.port or int(s.kafka_bootstrap.rsplit(":", 1)[1])
-    data = Path(args.data) if args.data else s.home / "kafka"
-    return KafkaBroker(
-        s.cache_dir / "kafka", data, port=port, controller_port=args.controller_port or port + 1,
-        version=args.version, partitions=s.topic_partitions, security=s.kafka_security,
-    )  # fmt: skip
+    settings = Settings.load()
+    if args.port:
+        settings = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{args.port}"})
+    return KafkaBroker.for_settings(settings, Path(args.data) if args.data else None, version=args.version,
+                                    controller_port=args.controller_port)
 
 
 def main(argv: list[str] | None = None) -> int:

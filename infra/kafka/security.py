@@ -1,12 +1,11 @@
-"""Kafka principals and ACLs per role and tenant (SCRAM users, prefix ACLs), TLS material and 0600 secret files."""
+"""Kafka principals and ACLs per role and tenant: SCRAM users, prefix ACLs, and provisioning them as the admin.
+The credential files (secrets folders, TLS material) are infra/kafka/credentials.py, re-exported here."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import secrets
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,15 +15,14 @@ from aiokafka.protocol.types import (
 )
 from pydantic import SecretStr
 
+from infra.kafka.credentials import ADMIN_USER, SCRAM_MECHANISM, make_tls, secret_file, write_private, write_secrets
 from selfevolve.config import Settings
 from selfevolve.errors import BrokerError, ConfigError
+from streams.kafka_io import admin_client, ensure_topics, group_id, security_options
 
-ADMIN_USER = "admin"  # the one super user: tooling, tests, topic and ACL creation
-SCRAM_MECHANISM = "SCRAM-SHA-512"
 SCRAM_ITERATIONS = 8192  # Kafka accepts 4096..16384 for SHA-512
 ROLES = ("serve", "history", "model")
 CLUSTER = "kafka-cluster"  # the one name of the cluster resource
-AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 
 # Kafka's wire codes (org.apache.kafka.common.acl / resource).
 TOPIC, GROUP, CLUSTER_RESOURCE, TRANSACTIONAL_ID = 2, 3, 4, 5
@@ -49,9 +47,7 @@ def principal(user: str) -> str:
 
 
 def _gid(settings: Settings, name: str) -> str:
-    from streams.kafka_io import group_id  # the group and transactional-id naming of the stream workers
-
-    return group_id(settings, name)
+    return group_id(settings, name)  # the group and transactional-id naming of the stream workers
 
 
 def _allow(resource: int, names: list[str], pattern: int, *ops: int) -> list[Acl]:
@@ -180,16 +176,7 @@ class _CreateAcls(Request[_CreateAclsStruct]):
 
 async def _admin_call(settings_admin: Settings, users: dict[str, str], acls: dict[str, list[Acl]]) -> None:
     """One admin connection: upsert the SCRAM users, then every ACL of each user in one request."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from streams.kafka_io import client_options
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings_admin.kafka_bootstrap, **client_options(settings_admin))
-    try:
-        await admin.start()
-    except Exception as e:  # noqa: BLE001 - aiokafka raises several kinds here
-        raise BrokerError(f"cannot reach Kafka at {settings_admin.kafka_bootstrap} as admin: {e}") from e
-    try:
+    async with admin_client(settings_admin) as admin:
         if users:
             resp = await admin._send_request(_AlterScram(users))  # noqa: SLF001 - aiokafka's own send path
             bad = [(u, code, msg) for u, code, msg, _ in resp.results if code]
@@ -200,8 +187,6 @@ async def _admin_call(settings_admin: Settings, users: dict[str, str], acls: dic
             bad = [(code, msg) for code, msg in resp.creation_responses if code]
             if bad:
                 raise BrokerError(f"cannot create the ACLs of {user}: {bad[:3]}")
-    finally:
-        await admin.close()
     for user, password in users.items():
         await _until_signed_in(settings_admin, user, password)
 
@@ -214,8 +199,6 @@ async def _until_signed_in(settings_admin: Settings, user: str, password: str, t
     import time
 
     from aiokafka import AIOKafkaClient
-
-    from streams.kafka_io import security_options
 
     opts = security_options(settings_admin.kafka_security, user, password, settings_admin.kafka_ca_file)
     deadline = time.monotonic() + timeout
@@ -266,7 +249,6 @@ def add_tenant(settings_admin: Settings, tenant: str) -> SecretStr | None:
     SCRAM user tenant-T with a new random password (returned; a second call rotates it) and its ACLs.
     With security off it only creates the topics and returns None."""
     from selfevolve.wire.topics import Topics
-    from streams.kafka_io import ensure_topics
 
     user = tenant_user(tenant)
     _run(ensure_topics(settings_admin, Topics.from_settings(settings_admin).tenant_topics(tenant)))
@@ -278,114 +260,6 @@ def add_tenant(settings_admin: Settings, tenant: str) -> SecretStr | None:
     return password
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write text to a file only its owner can read, in a folder only its owner can enter; atomic."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.parent.chmod(0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def secret_file(folder: Path, field: str) -> Path:
-    """Where Settings.load() finds `field` in a secrets folder (pydantic-settings names it with the prefix)."""
-    return folder / f"selfevolve_{field}"
-
-
-def write_secrets(folder: Path, values: dict[str, str | SecretStr]) -> Path:
-    """A secrets folder (Settings.secrets_dir) holding `values`, one 0600 file per Settings field."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for field, value in values.items():
-        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-        write_private(secret_file(folder, field), text)
-    folder.chmod(0o700)
-    return folder
-
-
-def secure_properties(port: int, controller_port: int, security: str, admin_password: str,
-                      tls: dict[str, str] | None) -> dict[str, str]:
-    """Listeners and authorizer of a secured broker. Every listener authenticates: clients and the broker
-    itself (inter-broker, as admin) with SCRAM; the controller listener with PLAIN and a static admin entry,
-    because a KRaft controller cannot read SCRAM credentials from the metadata it serves. No listener
-    leaves an anonymous principal that could be made a super user."""
-    if security not in ("sasl", "sasl_ssl"):
-        raise BrokerError(f"unknown Kafka security mode {security!r}; expected sasl or sasl_ssl")
-    if not admin_password or any(c in admin_password for c in '"\\;'):
-        raise BrokerError("a secured broker needs an admin password without quotes, backslashes or ';'")
-    if security == "sasl_ssl" and not tls:
-        raise BrokerError("sasl_ssl needs the broker's keystore (KafkaBroker makes it)")
-    user = f'username="{ADMIN_USER}" password="{admin_password}"'
-    props = {
-        "listeners": f"CLIENT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"CLIENT://127.0.0.1:{port}",
-        "inter.broker.listener.name": "CLIENT",
-        "listener.security.protocol.map":
-            f"CONTROLLER:SASL_PLAINTEXT,CLIENT:{'SASL_SSL' if security == 'sasl_ssl' else 'SASL_PLAINTEXT'}",
-        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
-        "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
-        "listener.name.client.scram-sha-512.sasl.jaas.config":
-            f"org.apache.kafka.common.security.scram.ScramLoginModule required {user};",
-        "sasl.mechanism.controller.protocol": "PLAIN",
-        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
-        "listener.name.controller.plain.sasl.jaas.config":
-            f"org.apache.kafka.common.security.plain.PlainLoginModule required {user} "
-            f'user_{ADMIN_USER}="{admin_password}";',
-        "authorizer.class.name": AUTHORIZER,
-        "super.users": f"User:{ADMIN_USER}",
-        "allow.everyone.if.no.acl.found": "false",
-    }
-    if tls:
-        props.update({f"listener.name.client.{k}": v for k, v in tls.items()})
-    return props
-
-
-def make_tls(tls_dir: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> dict[str, str]:
-    """A private CA and a broker certificate it signs (for `hosts`), made once with openssl; returns the
-    listener's ssl.* properties. The CA's key is deleted once the certificate is signed, so nothing on
-    disk can mint another certificate that clients of this broker would trust."""
-    keystore, password_file = tls_dir / "broker.p12", tls_dir / "keystore-password"
-    if not keystore.exists():
-        if shutil.which("openssl") is None:
-            raise BrokerError("openssl not found on PATH: it makes the broker's TLS certificate "
-                              "(apt-get install openssl)")
-        write_private(password_file, secrets.token_urlsafe(24))
-        san = ",".join(f"IP:{h}" if h.replace(".", "").isdigit() else f"DNS:{h}" for h in hosts)
-        write_private(tls_dir / "san.cnf", f"subjectAltName={san}\n")
-        env = {**os.environ, "SELFEVOLVE_KS": password_file.read_text().strip()}  # never in argv
-        steps = [
-            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=selfevolve-kafka-ca",
-             "-keyout", "ca.key", "-out", "ca.pem"],
-            ["req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={hosts[0]}", "-keyout", "broker.key",
-             "-out", "broker.csr"],
-            ["x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "825", "-extfile", "san.cnf", "-out", "broker.pem"],
-            ["pkcs12", "-export", "-in", "broker.pem", "-inkey", "broker.key", "-certfile", "ca.pem",
-             "-name", "broker", "-passout", "env:SELFEVOLVE_KS", "-out", "broker.p12.tmp"],
-        ]  # fmt: skip
-        old_umask = os.umask(0o077)
-        try:
-            for step in steps:
-                done = subprocess.run(["openssl", *step], cwd=tls_dir, env=env, capture_output=True, text=True,
-                                      check=False)
-                if done.returncode != 0:
-                    raise BrokerError(f"openssl {step[0]} failed (exit {done.returncode}): {done.stderr[-1000:]}")
-        finally:
-            os.umask(old_umask)
-            for name in ("ca.key", "broker.key", "broker.csr", "ca.srl", "san.cnf"):
-                (tls_dir / name).unlink(missing_ok=True)
-        (tls_dir / "broker.p12.tmp").rename(keystore)
-        (tls_dir / "ca.pem").chmod(0o644)  # the CA certificate is public: clients need it
-    password = password_file.read_text().strip()
-    return {
-        "ssl.keystore.type": "PKCS12", "ssl.keystore.location": str(keystore),
-        "ssl.keystore.password": password, "ssl.key.password": password,
-        # The broker's own inter-broker client trusts the same CA.
-        "ssl.truststore.type": "PEM", "ssl.truststore.location": str(tls_dir / "ca.pem"),
-    }  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m infra.kafka.security provision --passwords-dir D`: as the admin of Settings.load(), create
     every topic, and the role principals with the passwords in D/<role>_kafka_password and their ACLs
@@ -394,7 +268,6 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from selfevolve.errors import SelfEvolveError
-    from streams.kafka_io import ensure_topics
 
     ap = argparse.ArgumentParser(prog="python -m infra.kafka.security", description=main.__doc__)
     ap.add_argument("command", choices=["provision"])

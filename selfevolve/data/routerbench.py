@@ -82,6 +82,33 @@ class Dataset:
     def total_cost(self, model: str) -> float:
         return sum(s.costs.get(model, 0.0) for s in self.samples)
 
+    def only(self, models: list[str] | tuple[str, ...]) -> Dataset:
+        """The same samples seen through a sub-pool of models (a two-model deployment of an 11-model set)."""
+        unknown = [m for m in models if m not in self.models]
+        if unknown:
+            raise ConfigError(f"models {unknown} are not in this data; it has {list(self.models)}")
+        if not models:
+            raise ConfigError("a pool needs at least one model")
+        keep = tuple(dict.fromkeys(models))
+
+        def cut(d: dict) -> dict:
+            return {m: d[m] for m in keep if m in d}
+
+        return Dataset(tuple(replace(s, responses=cut(s.responses), costs=cut(s.costs), correct=cut(s.correct))
+                             for s in self.samples), keep)
+
+    def require_responses(self) -> Dataset:
+        """This dataset if every model has recorded answers to replay; else ConfigError naming the models
+        whose model_response cells are all empty (scores alone cannot be replayed: the arbiter scores
+        answers, and an empty answer is a failed call)."""
+        silent = [m for m in self.models if not any(s.responses.get(m, "").strip() for s in self.samples)]
+        if not self.samples or silent:
+            what = "no samples" if not self.samples else f"no response texts for {silent}"
+            raise ConfigError(f"this RouterBench data has {what}: a replay serves the recorded answers of the "
+                              f"'<model>{RESPONSE_SUFFIX}' columns, and these are empty. Use data with the "
+                              "answers, or leave those models out (bench quality --models)")
+        return self
+
     def oracle(self) -> tuple[float, float]:
         """(accuracy, USD) of routing each query to its cheapest correct model, else its cheapest model."""
         right, usd = 0, 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from selfevolve.config import Settings
 from selfevolve.distill.config import DistillConfig
 from selfevolve.distill.data import Example, split_steps
+from selfevolve.distill.evaluate import prompt_digest
 
 
 def examples_from_buffer(items: list[Mapping], domain: str) -> list[Example]:
@@ -26,9 +28,30 @@ def checkpoint_path(settings: Settings, domain: str, version: int) -> Path:
     return settings.home / "students" / f"domain-{domain}" / f"v{version}.safetensors"
 
 
+def record_path(checkpoint: Path) -> Path:
+    """The round record beside a checkpoint: which queries trained it and its loss at every step."""
+    return Path(checkpoint).with_suffix(".round.json")
+
+
+def write_record(checkpoint: Path, record: dict) -> Path:
+    """Write the round record (then rename, so a reader never sees half of it)."""
+    path = record_path(checkpoint)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def read_record(checkpoint: Path) -> dict:
+    """The round record of a checkpoint; {} when the round wrote none."""
+    path = record_path(checkpoint)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def train_round(settings: Settings, domain: str, items: list[Mapping], version: int, steps: int,
                 base: DistillConfig | None = None) -> tuple[Path, dict]:
-    """Train a fresh LoRA student for `domain` on `items`; write checkpoint version `version`."""
+    """Train a fresh LoRA student for `domain` on `items`; write checkpoint version `version` and its round
+    record (the query ids it trained on, so an evaluation can hold those out, and the loss per step)."""
     from selfevolve.distill.train import build_student, save_checkpoint, train
 
     cfg = replace(base or DistillConfig(), domain=f"d{domain}", steps=steps, log_every=0,
@@ -39,5 +62,10 @@ def train_round(settings: Settings, domain: str, items: list[Mapping], version: 
     student = build_student(cfg, settings)
     history = train(cfg, student, examples_from_buffer(items, domain))
     path = save_checkpoint(checkpoint_path(settings, domain, version), student, cfg)
-    return path, {"steps": history["steps"], "examples": history["examples"], "wall_s": history["wall_s"],
-                  "first_loss": history["loss"][0], "last_loss": history["loss"][-1]}
+    summary = {"steps": history["steps"], "examples": history["examples"], "wall_s": history["wall_s"],
+               "first_loss": history["loss"][0], "last_loss": history["loss"][-1]}
+    write_record(path, {"domain": str(domain), "version": version, **summary, "batch_size": cfg.batch_size,
+                        "loss": history["loss"],
+                        "query_ids": [str(it["query_id"]) for it in items if it.get("query_id") is not None],
+                        "prompt_digests": [prompt_digest(str(it["prompt"])) for it in items]})
+    return path, summary

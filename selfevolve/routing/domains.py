@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from selfevolve.config import DEFAULTS
 from selfevolve.errors import ValidationError
 
 _WORD = re.compile(r"[a-z][a-z_]{2,}")
@@ -24,7 +25,7 @@ answers print single choice without explanation letter correct following please 
 _MAX_TERMS = 400
 
 
-def initialize(radius: float = 0.5, max_domains: int = 8, max_terms: int = _MAX_TERMS,
+def initialize(radius: float = DEFAULTS.domain_radius, max_domains: int = DEFAULTS.max_domains, max_terms: int = _MAX_TERMS,
                tail_chars: int = 600) -> dict:
     """Empty state; a query joins the nearest domain if its cosine distance is within radius.
 

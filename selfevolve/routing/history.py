@@ -12,11 +12,15 @@ import numpy as np
 
 from selfevolve.errors import StoreError
 from selfevolve.routing.linear import normalize
+from selfevolve.routing.predictor import Predictor
 from selfevolve.wire.tenancy import DEFAULT_TENANT, query_key
 
 # Exact search costs ~1.2 ms at 10k and ~11 ms at 100k entries on one core (measured with
 # `python -m selfevolve.routing.history`); past 50k the flat index is migrated once to HNSW (~log n).
 FLAT_LIMIT = 50_000
+# Ridge strength of the quality predictor, in verdicts: on RouterBench (notes/h8) 3-30 measured alike,
+# 1 overfits the 385 weights to a few hundred verdicts.
+PREDICTOR_REG = 10.0
 
 
 @dataclass
@@ -45,13 +49,15 @@ class Record:
 
 
 class History:
-    """Append-only store; search returns the k most similar past records, best first."""
+    """Append-only store; search returns the k most similar past records, best first. Every verdict also
+    trains `predictor`, a per-model ridge regression of quality on the embedding (the router's prior)."""
 
     def __init__(self, dim: int = 384, flat_limit: int = FLAT_LIMIT, hnsw_m: int = 32,
-                 ef_search: int = 64) -> None:
+                 ef_search: int = 64, predictor_reg: float = PREDICTOR_REG) -> None:
         import faiss
 
         self.dim, self.flat_limit, self.hnsw_m, self.ef_search = dim, flat_limit, hnsw_m, ef_search
+        self.predictor = Predictor(dim, predictor_reg)
         self.index = faiss.IndexFlatIP(dim)
         self.records: list[Record] = []
         self._pos: dict[str, int] = {}  # canonical key (tenant/query id) -> index
@@ -72,12 +78,15 @@ class History:
         vecs = normalize(np.atleast_2d(vecs))
         if vecs.shape != (len(records), self.dim):
             raise StoreError(f"expected {len(records)} vectors of dim {self.dim}, got {vecs.shape}")
-        for r in records:
-            if r.key in self._pos:
-                raise StoreError(f"query {r.query_id} of tenant {r.tenant} is already in the history")
+        keys = [r.key for r in records]
+        if len(set(keys)) < len(keys) or any(k in self._pos for k in keys):
+            known = next(r for i, r in enumerate(records) if r.key in self._pos or r.key in keys[:i])
+            raise StoreError(f"query {known.query_id} of tenant {known.tenant} is already in the history")
+        for v, r in zip(vecs, records):
             self._pos[r.key] = len(self.records)
             self.records.append(r)
             self._count(r)
+            self._learn(v, r)
         self.index.add(vecs)
         if self.kind == "flat" and self.index.ntotal > self.flat_limit:
             self._to_hnsw()
@@ -117,19 +126,38 @@ class History:
                 st[0] += q
                 st[1] += 1
 
+    def _learn(self, vec: np.ndarray, r: Record) -> None:
+        for m, q in r.quality.items():
+            if q is not None:
+                self.predictor.update(vec, m, q)
+
+    def vector(self, query_id: str, tenant: str = DEFAULT_TENANT) -> np.ndarray:
+        """The stored (unit) embedding of a past query."""
+        pos = self._pos.get(query_key(tenant, query_id))
+        if pos is None:
+            raise StoreError(f"no query {query_id} of tenant {tenant} in the history")
+        return self.index.reconstruct(pos)
+
     def set_quality(self, query_id: str, model: str, quality: float, tenant: str = DEFAULT_TENANT) -> None:
         """Record a verdict; the caller (learning.apply_feedback) enforces the bandit rule."""
         r = self.get(query_id, tenant)
         if r is None:
             raise StoreError(f"no query {query_id} of tenant {tenant} in the history")
+        vec = self.vector(query_id, tenant)
         st = self.stats.setdefault(model, [0.0, 0, 0.0, 0])
         old = r.quality.get(model)
         if old is not None:  # a corrected verdict replaces the old one
             st[0] -= old
             st[1] -= 1
+            self.predictor.update(vec, model, old, sign=-1)
         r.quality[model] = float(quality)
         st[0] += float(quality)
         st[1] += 1
+        self.predictor.update(vec, model, quality)
+
+    def predict(self, vecs: np.ndarray, models: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The predictor's (mean quality, evidence in verdicts) per query row and model."""
+        return self.predictor.predict(normalize(np.atleast_2d(vecs)), models)
 
     def model_mean(self, model: str) -> tuple[float | None, int, float | None]:
         """(mean quality or None, verdict count, mean cost or None) of a model over the whole history."""
@@ -157,6 +185,8 @@ class History:
             meta = {"dim": self.dim, "flat_limit": self.flat_limit, "hnsw_m": self.hnsw_m,
                     "ef_search": self.ef_search}
             (directory / "meta.json").write_text(json.dumps(meta))
+            with open(directory / "predictor.npz", "wb") as f:
+                np.savez(f, **self.predictor.to_state())
         except (OSError, RuntimeError) as e:
             raise StoreError(f"cannot save history to {directory}") from e
 
@@ -180,7 +210,23 @@ class History:
         h._pos = {r.key: i for i, r in enumerate(h.records)}
         for r in h.records:
             h._count(r)
+        h._load_predictor(directory / "predictor.npz")
         return h
+
+    def _load_predictor(self, path: Path) -> None:
+        """The saved predictor; a snapshot from before it existed retrains it from the stored verdicts."""
+        if path.exists():
+            try:
+                with np.load(path) as z:
+                    self.predictor = Predictor.from_state(z)
+            except (OSError, ValueError) as e:
+                raise StoreError(f"cannot load the quality predictor from {path}") from e
+            if self.predictor.dim != self.dim:
+                raise StoreError(f"{path}: predictor of dim {self.predictor.dim}, history of dim {self.dim}")
+            return
+        for i, r in enumerate(self.records):
+            if any(q is not None for q in r.quality.values()):
+                self._learn(self.index.reconstruct(i), r)
 
 
 def _scale(n: int, queries: int, seed: int) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,12 @@ class Feedback:
     model: str
     quality: float  # 0 = wrong, 1 = right
     tenant: str = DEFAULT_TENANT  # the query's owner: (tenant, query_id) names the query
+
+
+def feedback_of(record: Mapping) -> Feedback:
+    """The verdict a feedback record (schemas/feedback.avsc) gives."""
+    return Feedback(record["query_id"], record["model"], float(record["quality"]),
+                    record.get("tenant") or DEFAULT_TENANT)
 
 
 def record_delivery(history: History, vector: np.ndarray, verdict, tenant: str = DEFAULT_TENANT,

@@ -12,6 +12,7 @@ from selfevolve.config import Settings
 from selfevolve.routing.cost import TenantBudgets, fit_budget
 from selfevolve.errors import ConfigError
 from selfevolve.routing.history import History
+from selfevolve.routing.linear import normalize
 
 TARGETED, HYBRID, PARALLEL = "targeted", "hybrid", "parallel"
 # Pseudo-verdicts pulling a model's global mean to 1/2. Kept small: a strong pull would hide a rarely
@@ -62,24 +63,36 @@ class Estimate:
 
 
 class Router:
-    """route(query) -> Decision. Immutable: with_* return an updated copy (thresholds, λ, catalogue)."""
+    """route(query) -> Decision. Immutable: with_* return an updated copy (thresholds, λ, catalogue).
+    The knobs (k, prior_strength, max_parallel, explore, cheap_ratio) come from settings; a keyword that
+    is not None overrides its setting (the benchmark's ablations)."""
 
     def __init__(self, settings: Settings, catalogue: Catalogue, history: History, embedder=None, *,
                  theta_high: float | None = None, theta_low: float | None = None,
                  cost_lambda: float | None = None, budgets: TenantBudgets | None = None,
-                 k: int | None = None, prior_strength: float = 20.0, max_parallel: int = 4,
-                 explore: float = 0.3, use_similarity: bool = True, cascade: bool = True,
-                 cheap_ratio: float = 0.25) -> None:
+                 k: int | None = None, prior_strength: float | None = None, max_parallel: int | None = None,
+                 explore: float | None = None, use_similarity: bool = True, cascade: bool = True,
+                 cheap_ratio: float | None = None, safety_net: bool = False, use_predictor: bool = True) -> None:
         self.settings, self.catalogue, self.history, self.embedder = settings, catalogue, history, embedder
         self.theta_high = settings.theta_high if theta_high is None else theta_high
         self.theta_low = settings.theta_low if theta_low is None else theta_low
         if not 0.0 <= self.theta_low <= self.theta_high:
             raise ConfigError(f"need 0 <= θl <= θh (θh > 1 turns targeted off), got θl={self.theta_low} θh={self.theta_high}")
         self.cost_lambda = settings.cost_lambda if cost_lambda is None else cost_lambda
+        if self.cost_lambda < 0:
+            raise ConfigError(f"cost λ must be >= 0, got {self.cost_lambda}")
         self.budgets = budgets if budgets is not None else TenantBudgets()
-        self.k = k or settings.knn_k
-        self.prior_strength, self.max_parallel, self.explore = prior_strength, max_parallel, explore
-        self.use_similarity, self.cascade, self.cheap_ratio = use_similarity, cascade, cheap_ratio
+        self.k = settings.knn_k if k is None else k
+
+        def knob(value, name):
+            return getattr(settings, name) if value is None else value
+
+        self.prior_strength = knob(prior_strength, "router_prior_strength")
+        self.max_parallel = knob(max_parallel, "router_max_parallel")
+        self.explore = knob(explore, "router_explore")
+        self.cheap_ratio = knob(cheap_ratio, "router_cheap_ratio")
+        self.use_similarity, self.cascade, self.safety_net = use_similarity, cascade, safety_net
+        self.use_predictor = use_predictor
 
     def _copy(self, **changes) -> Router:
         new = object.__new__(Router)
@@ -92,14 +105,18 @@ class Router:
         return self._copy(theta_high=theta_high, theta_low=theta_low)
 
     def with_lambda(self, cost_lambda: float) -> Router:
+        if cost_lambda < 0:
+            raise ConfigError(f"cost λ must be >= 0, got {cost_lambda}")
         return self._copy(cost_lambda=cost_lambda)
 
     def with_catalogue(self, catalogue: Catalogue) -> Router:
         return self._copy(catalogue=catalogue)
 
     # -- estimates -------------------------------------------------------------------------------
-    def _estimates(self, neighbours, names: list[str]) -> dict[str, Estimate]:
-        """Beta posterior per model: global prior of strength prior_strength, updated by neighbours."""
+    def _estimates(self, neighbours, names: list[str], predicted: dict[str, float] | None = None) -> dict[str, Estimate]:
+        """Beta posterior per model: a prior of strength prior_strength, updated by the neighbours' verdicts.
+        The prior is the predictor's quality for this query (predicted) once the model has verdicts, else
+        the model's global mean: the kNN counts then correct a smooth estimate locally (notes/h8)."""
         # One pass over the neighbours: each record names only the few models it called.
         wanted = set(names)
         q_sums: dict[str, list[float]] = {}  # model -> [Σ w·q, Σ w·(1-q), Σ w]
@@ -122,6 +139,8 @@ class Router:
             g_mean, g_n, g_cost = self.history.model_mean(m)
             # The global mean is itself shrunk to 1/2: one lucky verdict must not make a model look perfect.
             prior = (0.5 * GLOBAL_STRENGTH + (g_mean or 0.0) * g_n) / (GLOBAL_STRENGTH + g_n)
+            if predicted is not None and m in predicted:
+                prior = predicted[m]
             cost = g_cost if g_cost is not None else estimate_cost(self.catalogue.get(m), 500, 200)
             qa, qb, n = q_sums.get(m, (0.0, 0.0, 0.0))
             a, b = self.prior_strength * prior + qa, self.prior_strength * (1 - prior) + qb
@@ -158,7 +177,11 @@ class Router:
         vecs = np.stack([fresh[i] if q.vector is None else q.vector for i, q in enumerate(queries)])
         # One search for the batch: FAISS takes its BLAS path from 20 queries up, ~9x faster per query.
         found = self.history.search_many(vecs, self.k)
-        return [r._decide(q, nb) for r, q, nb in zip(routers, queries, found)]
+        names = sorted({s.name for r in routers for s in r.catalogue.active()})
+        known = [m for m in names if self.use_predictor and self.history.predictor.count(m) > 0]
+        means = self.history.predictor.mean(normalize(vecs), known) if known else np.zeros((len(queries), 0))
+        return [r._decide(q, nb, dict(zip(known, map(float, row))))
+                for r, q, nb, row in zip(routers, queries, found, means)]
 
     def _per_query(self, catalogues: list[Catalogue] | None, n: int) -> list[Router]:
         if catalogues is None:
@@ -166,13 +189,13 @@ class Router:
         views: dict[int, Router] = {}
         return [views.setdefault(id(c), self.with_catalogue(c)) for c in catalogues]
 
-    def _decide(self, query: RouteQuery, neighbours: list) -> Decision:
+    def _decide(self, query: RouteQuery, neighbours: list, predicted: dict[str, float] | None = None) -> Decision:
         active = [s for s in self.catalogue.active()]
         if not active:
             raise ConfigError("the catalogue has no active model")
         names = [s.name for s in active]
         s = neighbours[0][1] if neighbours else 0.0
-        est = self._estimates(neighbours, names)
+        est = self._estimates(neighbours, names, predicted)
         ref = self._reference_cost(est)
         lam = self.cost_lambda
 
@@ -194,9 +217,14 @@ class Router:
         if strategy == TARGETED:
             first = [ranked[0]]
             why = f"s={s:.2f}>=θh: best neighbour model {ranked[0]} (q̂={est[ranked[0]].mean:.2f})"
+            if self.safety_net and self.cascade:
+                escalation, escalate_below = self._net(names, est, util, ranked[0])
+                if escalation:
+                    strategy = HYBRID  # the arbiter escalates hybrid plans only
+                    why += f", then {escalation[0][0]} if confidence < {escalate_below:.2f}"
         elif strategy == HYBRID:
             first, escalation, escalate_below = self._cascade(names, est, util)
-            why = (f"θl<=s={s:.2f}<θh: cheap pair {first}, then {[e[0] for e in escalation]} "
+            why = (f"θl<=s={s:.2f}<θh: {first} first, then {[e[0] for e in escalation]} "
                    f"if confidence < {escalate_below:.2f}")
         else:
             first = self._parallel(active, est, util)
@@ -229,17 +257,37 @@ class Router:
         return util(m) + self.explore / math.sqrt(est[m].n_global + 1)
 
     def _cascade(self, names, est, util) -> tuple[list[str], tuple[tuple[str, ...], ...], float]:
-        """Two cheap models checked against each other; the likeliest-right model if they fall short."""
-        top = max(names, key=lambda m: (est[m].mean, -est[m].cost))
+        """Cheap first, the likeliest-right model when the cheap answer's confidence falls short.
+
+        Escalating gains about q̂(top) - confidence and costs λ·price(top)/ref, so the arbiter escalates iff
+        confidence < util(top) = q̂(top) - λ·price(top)/ref. Two cheap models check each other (agreement
+        lifts the confidence above either's estimate); one cheap model is worth calling first only when its
+        estimate alone clears that bar: a lone answer's confidence is its estimate unless a check (bad
+        format, failing code, a failed call) pulls it down, and then the escalation is the safety net.
+        Otherwise the top model is called directly rather than paying for a cheap answer bound to escalate."""
+        # The top model: the likeliest right, the cheaper on a tie (so no cheap model is as good as it).
+        top = max(names, key=lambda m: (est[m].mean, -est[m].cost, m))
+        bar = util(top)
         cheap = [m for m in names if m != top and est[m].cost <= self.cheap_ratio * est[top].cost]
-        if len(cheap) < 2:
-            return [top], (), 0.0  # nothing cheap enough to check it against: the best model alone
+        if not cheap:
+            return [top], (), 0.0
         # Optimism for thinly observed cheap models: exploring inside the cheap stage costs little.
         first = sorted(cheap, key=lambda m: (-self._ucb(est, util, m), est[m].cost, m))[:2]
-        if est[top].mean <= max(est[m].mean for m in first):
-            return first, (), 0.0
-        # The arbiter escalates when its confidence is below what the top model is worth after its price.
-        return first, ((top,),), util(top)
+        if bar <= 0.0:
+            return first[:1], (), 0.0  # the top model is not worth its price even against a wrong answer
+        if len(first) == 1 and est[first[0]].mean < bar:
+            return [top], (), 0.0
+        return first, ((top,),), bar
+
+    def _net(self, names, est, util, chosen: str) -> tuple[tuple[tuple[str, ...], ...], float]:
+        """The top model behind a cheaper chosen one, for when its answer fails a check (bad format, failing
+        code): escalate under the same bar as the cascade, util(top)."""
+        top = max(names, key=lambda m: (est[m].mean, -est[m].cost, m))
+        bar = util(top)
+        # A chosen model below the bar would escalate on every answer: no net then (its pick was a near tie).
+        if top == chosen or bar <= 0.0 or est[top].cost <= est[chosen].cost or est[chosen].mean < bar:
+            return (), 0.0
+        return ((top,),), bar
 
     def _parallel(self, active, est, util) -> list[str]:
         """Best optimistic (UCB) model of each role, cheapest role first: exploration is paid for."""

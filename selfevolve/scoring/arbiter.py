@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from selfevolve.errors import ValidationError
 from selfevolve.routing.policy import HYBRID, Decision
+from selfevolve.scoring.checkers import DEFAULT_LIMITS
 from selfevolve.scoring.sandbox import Limits
 from selfevolve.scoring.scoring import DEFAULT_WEIGHTS, ResponseScore, score_responses, winner
 from selfevolve.wire.tenancy import query_key
@@ -81,11 +82,13 @@ class State:
     fallbacks: tuple[str, ...] = ()
     done: bool = False
     scores: dict[str, ResponseScore] = field(default_factory=dict)
-    code_limits: Limits = Limits()  # the sandbox an answer's own code is checked in
+    code_limits: Limits = DEFAULT_LIMITS  # the sandbox an answer's own code is checked in
 
 
-def start(decision: Decision, weights=DEFAULT_WEIGHTS, code_limits: Limits = Limits()) -> tuple[State, list]:
-    """Shorthand for step(State(weights=weights, code_limits=code_limits), decision)."""
+def start(decision: Decision, weights: tuple[float, float, float, float] = DEFAULT_WEIGHTS,
+          code_limits: Limits = DEFAULT_LIMITS) -> tuple[State, list]:
+    """Shorthand for step(State(weights=weights, code_limits=code_limits), decision). The defaults are
+    Settings' defaults; a scorer passes settings.score_weights and Limits.from_settings(settings)."""
     return step(State(weights=weights, code_limits=code_limits), decision)
 
 

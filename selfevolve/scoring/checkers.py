@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from selfevolve.config import DEFAULTS
 from selfevolve.scoring import sandbox
 from selfevolve.errors import SandboxError
 from selfevolve.scoring.sandbox import Limits
@@ -67,7 +68,7 @@ class CodeCheck:
         return self.ran and self.asserts > 0
 
 
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS = Limits.from_settings(DEFAULTS)
 _unavailable_logged = threading.Event()
 
 
@@ -98,7 +99,8 @@ def _run_sandboxed(code: str, asserts: int, limits: Limits) -> CodeCheck:
     return CodeCheck(True, r.returncode == 0, asserts, error)
 
 
-def run_many(answers: Iterable[str], workers: int = 4, limits: Limits = DEFAULT_LIMITS) -> list[CodeCheck]:
+def run_many(answers: Iterable[str], workers: int = DEFAULTS.code_check_workers,
+             limits: Limits = DEFAULT_LIMITS) -> list[CodeCheck]:
     """run_code() of each distinct answer, `workers` sandboxes at a time; run_code's cache keeps the
     results. A scorer that checks a batch's answers one by one waits out each child in turn (and a
     looping answer for its whole time limit), while the children themselves barely use a core."""

@@ -40,6 +40,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from selfevolve.config import DEFAULTS, Settings
 from selfevolve.errors import SandboxError
 
 TOOL = "bwrap"  # looked up on PATH at each run; `make install` installs Debian's bubblewrap
@@ -61,16 +62,18 @@ _BOOT = ("import os,sys\nos.write(2,%r)\nsys.argv=['answer.py']\nsrc=open('/answ
 
 @dataclass(frozen=True)
 class Limits:
-    timeout_s: float = 3.0
-    memory_mb: int = 512  # address space per process
-    max_procs: int = 8  # processes (and threads) of the sandbox uid, on the whole host
-    file_mb: int = 8  # largest file it may write, its stderr included; also /tmp's size
-    open_files: int = 64
+    """The sandbox's limits: Settings.code_check_* (the defaults are those settings' defaults)."""
+
+    timeout_s: float = DEFAULTS.code_check_timeout_s
+    memory_mb: int = DEFAULTS.code_check_memory_mb  # address space per process
+    max_procs: int = DEFAULTS.code_check_max_procs  # processes (and threads) of the sandbox uid, on the whole host
+    file_mb: int = DEFAULTS.code_check_file_mb  # largest file it may write, its stderr included; also /tmp's size
+    open_files: int = DEFAULTS.code_check_open_files
 
     @classmethod
-    def from_settings(cls, settings) -> Limits:
+    def from_settings(cls, settings: Settings) -> Limits:
         return cls(settings.code_check_timeout_s, settings.code_check_memory_mb,
-                   settings.code_check_max_procs, settings.code_check_file_mb)
+                   settings.code_check_max_procs, settings.code_check_file_mb, settings.code_check_open_files)
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ import math
 import re
 from dataclasses import dataclass
 
+from selfevolve.config import DEFAULTS
 from selfevolve.scoring import checkers
 
-DEFAULT_WEIGHTS = (0.2, 0.5, 0.15, 0.15)
+# (relevance, correctness, completeness, clarity): Settings.score_weights, passed down by the scorer.
+DEFAULT_WEIGHTS = DEFAULTS.score_weights
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,43 @@ import dataclasses
 import json
 from collections.abc import Mapping
 
+import numpy as np
+
 from selfevolve.scoring import arbiter
 from selfevolve.errors import ValidationError
 from selfevolve.routing import Decision
 
 
+# A query's embedding on the wire: float32 little-endian, exact, so a history rebuilt from decisions (the
+# Kafka pipeline) and one fed in memory (the in-memory driver) hold the same vectors and route alike.
+VECTOR_DTYPE = np.dtype("<f4")
+
+
+def vector_bytes(vector) -> bytes | None:
+    """The wire form of an embedding (None for None)."""
+    return None if vector is None else np.asarray(vector, dtype=VECTOR_DTYPE).ravel().tobytes()
+
+
+def vector_of(record: Mapping) -> np.ndarray | None:
+    """The query embedding a decision record carries (float32), or None when it has none (written before v4);
+    raises ValidationError for bytes that are not a finite float32 vector."""
+    raw = record.get("vector")
+    if not raw:  # None, or b"" from a writer that had no vector either
+        return None
+    if len(raw) % VECTOR_DTYPE.itemsize:
+        raise ValidationError(f"route decision vector is {len(raw)} bytes, not a whole number of float32s")
+    vec = np.frombuffer(bytes(raw), dtype=VECTOR_DTYPE).astype(np.float32)
+    if not np.isfinite(vec).all():
+        raise ValidationError("route decision vector holds a NaN or an infinity")
+    return vec
+
+
 def decision_record(d: Decision, metadata: Mapping[str, str], decision_ms: float, ts_ms: int,
-                    domain: int = -1, source: str = "") -> dict:
+                    domain: int = -1, source: str = "", vector=None) -> dict:
     """A RouteDecision record; `plan` carries the whole Decision so the scorer can rebuild it, `source` where
-    its query was read, which tells a re-delivered decision from another query reusing the (tenant, id)."""
+    its query was read, which tells a re-delivered decision from another query reusing the (tenant, id), and
+    `vector` the query's embedding, so whoever delivers its answer adds it to the history without embedding
+    it again."""
     return {
         "query_id": d.query_id, "tenant": d.tenant, "strategy": d.strategy,
         "similarity": float(d.similarity), "models": list(d.models), "domain": domain,
@@ -22,7 +50,7 @@ def decision_record(d: Decision, metadata: Mapping[str, str], decision_ms: float
         "decision_ms": float(decision_ms), "metadata": dict(metadata),
         # Decision's fields are plain values, tuples and flat dicts: no deep copy (asdict) is needed.
         "plan": json.dumps({f.name: getattr(d, f.name) for f in dataclasses.fields(d)}, default=float),
-        "source": source, "ts_ms": ts_ms,
+        "source": source, "vector": vector_bytes(vector), "ts_ms": ts_ms,
     }
 
 

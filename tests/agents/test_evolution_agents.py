@@ -1,10 +1,13 @@
-"""Stats and feedback agents without a broker: tables fold contested scores, bad bytes are dead-lettered."""
+"""Evolution and feedback agents without a broker: tables fold contested scores, bad bytes are dead-lettered,
+a redelivered score is folded once, and tables are written only after their outputs are acknowledged."""
 
 from __future__ import annotations
 
 import asyncio
 
 from selfevolve.evolution import stats
+from selfevolve.models.catalogue import Catalogue
+from streams.evolution_agent import GAPS_TABLE, STATS_TABLE
 
 
 def _score(model: str, domain: int, winner: bool, contested: bool = True) -> dict:
@@ -13,23 +16,26 @@ def _score(model: str, domain: int, winner: bool, contested: bool = True) -> dic
             "domain": domain, "cost_usd": 0.001, "contested": contested, "ts_ms": 1}
 
 
+def _named(h, role: str) -> str:
+    return next(s.name for s in Catalogue.load(h.rt.settings.catalogue).active() if s.role == role)
+
+
 def test_stats_agent_folds_only_contested_scores_and_promotes_a_strong_student(harness):
-    h = harness("streams.stats", promote_min_n=3)
-    core = h.rt.routing()
-    student = next(s.name for s in core["catalogue"].active() if s.role == "student")
+    h = harness("streams.evolution_agent", promote_min_n=3)
+    student = _named(h, "student")
     events = [_score(student, 2, True) for _ in range(3)] + [_score(student, 2, True, contested=False)]
 
     async def run():
-        async with h.agent("stats").test_context() as agent:
+        async with h.agent("evolution").test_context() as agent:
             await agent.put(b"\x00not avro")
             for e in events:
                 await agent.put(h.rt.codec.encode("score", e))
             await h.wait_for("model_event", 1, timeout=30)
 
     asyncio.run(run())
-    table = h.app.tables["model-stats"]
+    table = h.app.tables[STATS_TABLE]
     expected = stats.fold([e for e in events if e["contested"]])
-    assert dict(table["2"]["value"]) == expected
+    assert dict(table["2"]["value"]["alltime"]) == expected
     (letter,) = h.of_kind("dead_letter")
     assert "not Avro" in letter["reason"]
     (promo,) = h.of_kind("model_event")
@@ -38,11 +44,11 @@ def test_stats_agent_folds_only_contested_scores_and_promotes_a_strong_student(h
 
 def test_feedback_agent_learns_only_about_called_models(harness):
     h = harness("streams.feedback")
-    core = h.rt.routing()
+    serve = h.rt.serving()
     from selfevolve.routing.history import Record
 
-    core["history"].add(core["embedder"].encode(["hello"])[0],
-                        Record(query_id="q1", costs={"m1": 0.1}, quality={"m1": None}, winner="m1"))
+    serve.history.add(serve.embedder.encode(["hello"])[0],
+                      Record(query_id="q1", costs={"m1": 0.1}, quality={"m1": None}, winner="m1"))
 
     async def run():
         from types import SimpleNamespace
@@ -52,23 +58,21 @@ def test_feedback_agent_learns_only_about_called_models(harness):
         msgs = [SimpleNamespace(topic=h.rt.topics.feedback, partition=0, offset=i, key=None, value=h.rt.codec.encode(
                     "feedback", {"query_id": "q1", "model": model, "quality": q, "source": "test", "ts_ms": 1}))
                 for i, (model, q) in enumerate((("m1", 1.0), ("m2", 0.0)))]
-        await feedback_batch(h.rt, core, msgs)
+        await feedback_batch(h.rt, serve, msgs)
 
     asyncio.run(run())
-    rec = core["history"].get("q1")
+    rec = serve.history.get("q1")
     assert rec.quality == {"m1": 1.0}  # m2 was never called: nothing is learnt about it
 
 
 def test_stats_agent_counts_a_redelivered_score_once(harness):
     """Scores seen again after a crash (offsets not yet committed, tables restored) change nothing."""
-    h = harness("streams.stats", promote_min_n=3)
-    core = h.rt.routing()
-    student = next(s.name for s in core["catalogue"].active() if s.role == "student")
-    teacher = next(s.name for s in core["catalogue"].active() if s.role == "supervisor")
+    h = harness("streams.evolution_agent", promote_min_n=3)
+    student, teacher = _named(h, "student"), _named(h, "supervisor")
     events = [_score(student, 2, True) for _ in range(3)]
 
     async def run():
-        async with h.agent("stats").test_context() as agent:
+        async with h.agent("evolution").test_context() as agent:
             for e in events:
                 await agent.put(h.rt.codec.encode("score", e))
             await h.wait_for("model_event", 1, timeout=30)
@@ -82,9 +86,10 @@ def test_stats_agent_counts_a_redelivered_score_once(harness):
 
     redelivered: list[dict] = []
     asyncio.run(run())
-    assert h.app.tables["model-stats"]["2"]["value"] == stats.fold(events + [_score(teacher, 2, False)])
-    assert h.app.tables["model-stats"]["2"]["at"] == [0, 3]
-    assert h.app.tables["model-stats-window"]["2"]["at"] == [0, 3]
+    entry = h.app.tables[STATS_TABLE]["2"]
+    assert entry["value"]["alltime"] == stats.fold(events + [_score(teacher, 2, False)])
+    window = stats.window_result(entry["value"]["window"][stats.key(student, 2)])
+    assert entry["at"] == [0, 3] and window["n"] == 3
     assert [(e["old_role"], e["new_role"]) for e in redelivered] == [("student", "ta")]  # not decided again
     # A new score still decides: the student, now a TA with the same record, moves up one more step.
     assert [(e["old_role"], e["new_role"]) for e in h.of_kind("model_event")] == [("student", "ta"),
@@ -92,11 +97,11 @@ def test_stats_agent_counts_a_redelivered_score_once(harness):
 
 
 def test_gap_agent_opens_and_spawns_once_when_scores_are_redelivered(harness):
-    h = harness("streams.gaps", window_size=4, gap_confidence=0.9, max_models_per_domain=12)
+    h = harness("streams.evolution_agent", window_size=4, gap_confidence=0.9, max_models_per_domain=12)
     weak = [{**_score("m", 5, True), "confidence": 0.1, "correctness": 0.0} for _ in range(3)]
 
     async def run():
-        async with h.agent("gaps").test_context() as agent:
+        async with h.agent("evolution").test_context() as agent:
             for e in weak:
                 await agent.put(h.rt.codec.encode("score", e))
             await h.wait_for("model_event", 1, timeout=30)
@@ -111,9 +116,9 @@ def test_gap_agent_opens_and_spawns_once_when_scores_are_redelivered(harness):
     (spawn,) = h.of_kind("spawn")
     (activate,) = h.of_kind("model_event")
     assert (spawn["domain"], activate["kind"], activate["new_role"]) == (5, "activate", "student")
-    window = h.app.tables["gap-windows"]["5"]
-    assert window["at"] == [0, 2] and window["value"]["domains"]["5"]["traffic"] == 3
-    assert h.app.tables["spawner"]["5"]["value"]["spawned"] == 1
+    window = h.app.tables[GAPS_TABLE]["5"]
+    assert window["at"] == [0, 2] and window["value"]["traffic"] == 3
+    assert window["value"]["spawned"] == 1 and window["value"]["pending"]
 
 
 async def _hold_until_sent(h, kind: str, n: int = 1) -> None:
@@ -135,21 +140,21 @@ async def _release_until(h, done, timeout: float = 30) -> None:
 def test_stats_table_records_a_score_only_after_its_promotion_is_acknowledged(harness):
     """A crash before the acknowledgement re-delivers the score; the table must not already hold it, or the
     redelivery would be skipped and the promotion lost."""
-    h = harness("streams.stats", promote_min_n=3)
-    student = next(s.name for s in h.rt.routing()["catalogue"].active() if s.role == "student")
+    h = harness("streams.evolution_agent", promote_min_n=3)
+    student = _named(h, "student")
     seen: dict = {}
 
     async def run():
-        async with h.agent("stats").test_context() as agent:
+        async with h.agent("evolution").test_context() as agent:
             h.hold_acks = True
             task = asyncio.create_task(agent.put(h.rt.codec.encode("score", _score(student, 2, True))))
             for _ in range(2):
                 await task
                 task = asyncio.create_task(agent.put(h.rt.codec.encode("score", _score(student, 2, True))))
             await _hold_until_sent(h, "model_event")
-            seen["held"] = h.app.tables["model-stats"]["2"]["at"]
-            await _release_until(h, lambda: h.app.tables["model-stats"]["2"]["at"] == [0, 2])
-            seen["released"] = h.app.tables["model-stats"]["2"]["at"]
+            seen["held"] = h.app.tables[STATS_TABLE]["2"]["at"]
+            await _release_until(h, lambda: h.app.tables[STATS_TABLE]["2"]["at"] == [0, 2])
+            seen["released"] = h.app.tables[STATS_TABLE]["2"]["at"]
             await asyncio.wait_for(task, 10)
 
     asyncio.run(run())
@@ -157,21 +162,102 @@ def test_stats_table_records_a_score_only_after_its_promotion_is_acknowledged(ha
 
 
 def test_gap_window_records_a_score_only_after_its_gap_and_spawn_are_acknowledged(harness):
-    h = harness("streams.gaps", window_size=4, gap_confidence=0.9, max_models_per_domain=12)
+    h = harness("streams.evolution_agent", window_size=4, gap_confidence=0.9, max_models_per_domain=12)
     weak = {**_score("m", 5, True), "confidence": 0.1, "correctness": 0.0}
     seen: dict = {}
 
     async def run():
-        async with h.agent("gaps").test_context() as agent:
+        async with h.agent("evolution").test_context() as agent:
             await agent.put(h.rt.codec.encode("score", weak))
             h.hold_acks = True
             task = asyncio.create_task(agent.put(h.rt.codec.encode("score", weak)))  # opens the gap
             await _hold_until_sent(h, "gap")
-            seen["held"] = (h.app.tables["gap-windows"]["5"]["at"], h.app.tables["spawner"].get("5"))
-            await _release_until(h, lambda: h.app.tables["gap-windows"]["5"]["at"] == [0, 1])
-            seen["released"] = (h.app.tables["gap-windows"]["5"]["at"], h.app.tables["spawner"]["5"]["at"])
+            seen["held"] = h.app.tables[GAPS_TABLE]["5"]["at"]
+            await _release_until(h, lambda: h.app.tables[GAPS_TABLE]["5"]["at"] == [0, 1])
+            seen["released"] = h.app.tables[GAPS_TABLE]["5"]["at"]
             await asyncio.wait_for(task, 10)
 
     asyncio.run(run())
-    assert seen == {"held": ([0, 0], None), "released": ([0, 1], [0, 1])}
+    assert seen == {"held": [0, 0], "released": [0, 1]}
     assert [len(h.of_kind(k)) for k in ("gap", "spawn", "model_event")] == [1, 1, 1]
+
+
+def test_the_evolution_agent_follows_model_events_read_from_the_topic(harness):
+    """rt.followers hands the agent every model event: one that made the student a teacher in domain 2 stops
+    the promotions its record would otherwise earn (teachers are never promoted)."""
+    from selfevolve.evolution import hierarchy as hier
+    from selfevolve.flow.events import Event
+    from streams.evolution_follow import follow
+
+    h = harness("streams.evolution_agent", promote_min_n=3)
+    student = _named(h, "student")
+    follow(h.rt, Event("model_event", hier.event("promote", student, 2, "ta", "teacher", "operator", 0)))
+
+    async def run():
+        async with h.agent("evolution").test_context() as agent:
+            for _ in range(4):
+                await agent.put(h.rt.codec.encode("score", _score(student, 2, True)))
+            await h.wait_for("model_event", 1, timeout=2)
+
+    asyncio.run(run())
+    assert h.of_kind("model_event") == []
+    assert h.app.tables[STATS_TABLE]["2"]["at"] == [0, 3]
+
+
+def test_the_sink_feeds_the_meta_learner_and_commits_only_after_its_strategy_is_acknowledged(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import streams.kafka_io
+    from selfevolve.config import Settings
+    from streams.metalearner import MetaLearnerHost
+    from streams.runtime import Runtime
+    from streams.sink import run_sink
+
+    rt = Runtime.build(Settings(home=tmp_path, sink_batch_size=100, metalearn_every=40, metalearn_window=40,
+                                cost_lambda=0.0))
+    learner = MetaLearnerHost.attach(rt)
+    stop, trail = asyncio.Event(), []
+    msgs = [SimpleNamespace(topic=rt.topics.answers, partition=0, offset=i, key=b"t", value=rt.codec.encode("answer", {
+        "query_id": f"q{i}", "tenant": "t", "model": "m", "answer": "a", "composite": 0.9 if i % 2 else 0.5,
+        "cost_usd": 0.001, "strategy": "targeted" if i % 2 else "parallel", "domain": 0, "latency_ms": 1.0,
+        "ts_ms": 1000 + i})) for i in range(40)]
+
+    async def send(topic, kind, record, key):
+        trail.append(("sent", kind, record["ts_ms"]))
+        ack = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.2, lambda: (trail.append(("acked", kind)), ack.set_result(None)))
+        return ack
+
+    class Consumer:
+        polls = 0
+
+        async def getmany(self, timeout_ms, max_records):
+            self.polls += 1
+            if self.polls > 1:
+                stop.set()
+                return {}
+            return {("tp", 0): msgs}
+
+        async def commit(self, offsets):
+            trail.append(("commit", offsets[("tp", 0)]))
+
+        async def stop(self):
+            pass
+
+    class Store:
+        rows: list = []
+
+        def insert(self, kind, rows):
+            self.rows += rows
+
+        def query(self, sql):
+            return (["c"], [(0,)]) if "count()" in sql else ([], [])
+
+    async def consumer(*args, **kwargs):
+        return Consumer()
+
+    monkeypatch.setattr(streams.kafka_io, "committing_consumer", consumer)
+    rt.send = send
+    asyncio.run(run_sink(rt, Store(), stop, learner=learner))
+    assert trail == [("sent", "strategy", 1039), ("acked", "strategy"), ("commit", 40)]
+    assert (learner.state.theta_high, learner.state.answers) == (0.78, 40)

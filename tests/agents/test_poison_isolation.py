@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 
 from selfevolve.errors import StoreError
-from selfevolve.routing import RouteQuery
 from streams.router import route_batch
 from streams.scorer import Scorer, score_batch
 
@@ -27,18 +26,18 @@ def _query(codec, qid: str, text: str) -> bytes:
 
 def test_a_query_that_breaks_the_batch_wide_embedding_is_the_only_one_dead_lettered(harness):
     h = harness("streams.router")
-    core = h.rt.routing()
-    encode = core["embedder"].encode
+    serve = h.rt.serving()
+    encode = serve.embedder.encode
 
     def fussy(texts):  # an embedder that chokes on one text, failing the whole batch call
         if any("BOOM" in t for t in texts):
             raise RuntimeError("embedder choked")
         return encode(texts)
 
-    core["embedder"].encode = fussy
+    serve.embedder.encode = fussy
     values = [_query(h.rt.codec, "ok-1", "What is 2 plus 2?"), _query(h.rt.codec, "bad", "BOOM BOOM"),
               _query(h.rt.codec, "ok-2", "Name a colour.")]
-    asyncio.run(route_batch(h.rt, core, _msgs(h.rt.topics.queries, values)))
+    asyncio.run(route_batch(h.rt, serve, _msgs(h.rt.topics.queries, values)))
     assert sorted(d["query_id"] for d in h.of_kind("route_decision")) == ["ok-1", "ok-2"]
     (letter,) = h.of_kind("dead_letter")
     assert (letter["reason"], letter["error_type"], letter["offset"]) == ("embedder choked", "RuntimeError", 1)
@@ -48,19 +47,20 @@ def test_a_query_that_breaks_the_batch_wide_embedding_is_the_only_one_dead_lette
 def test_an_oversized_record_is_dead_lettered_by_length_before_decoding(harness):
     h = harness("streams.router", max_record_bytes=1000)
     big = b"\xc3\x01" + b"\x00" * 5000  # not even valid Avro: the length alone condemns it
-    asyncio.run(route_batch(h.rt, h.rt.routing(), _msgs(h.rt.topics.queries, [big])))
+    asyncio.run(route_batch(h.rt, h.rt.serving(), _msgs(h.rt.topics.queries, [big])))
     (letter,) = h.of_kind("dead_letter")
     assert letter["reason"] == "record is 5002 bytes, over the 1000-byte limit"
     assert len(letter["payload"]) == h.rt.settings.dead_letter_payload_bytes < letter["payload_len"] == 5002
 
 
 def _decision(h, qid: str, **changes) -> dict:
-    from selfevolve.wire.records import decision_record
+    """The router fold's decision on a t1 query, with `changes` forged into it."""
+    from selfevolve.flow.events import Event
 
-    core = h.rt.routing()
-    d = core["router"].route(RouteQuery(qid, MAMMAL, "t1"))
-    core["vectors"][f"t1/{qid}"] = core["vectors"][qid] = core["embedder"].encode([MAMMAL])[0]
-    return {**decision_record(d, {}, 1.0, int(time.time() * 1000)), **changes}
+    serve = h.rt.serving()
+    query = {"query_id": qid, "text": MAMMAL, "tenant": "t1", "metadata": {}, "ts_ms": int(time.time() * 1000)}
+    _, (out,) = serve.router_fold.step(serve.router_state, Event("query", query, h.rt.topics.queries, (0, 0)))
+    return {**out.record, **changes}
 
 
 @pytest.mark.parametrize(("forged", "error_type", "reason"), [
@@ -72,7 +72,7 @@ def test_a_decision_whose_plan_is_not_a_decision_is_dead_lettered_and_the_batch_
     h = harness()
     good, bad = _decision(h, "good"), _decision(h, "bad", **forged)
     msgs = _msgs(h.rt.topics.route_decisions, [h.rt.codec.encode("route_decision", r) for r in (bad, good)])
-    asyncio.run(score_batch(h.rt, Scorer(h.rt, h.rt.routing()), msgs))
+    asyncio.run(score_batch(h.rt, Scorer(h.rt, h.rt.serving()), msgs))
     (letter,) = h.of_kind("dead_letter")
     assert letter["error_type"] == error_type and reason in letter["reason"] and letter["offset"] == 0
     assert {r["query_id"] for r in h.of_kind("inference_request")} == {"good"}
@@ -85,7 +85,7 @@ def test_a_decision_whose_plan_names_another_query_is_dead_lettered_not_silently
     good, bad = _decision(h, "good"), _decision(h, "fz-342399")
     bad = {**bad, "query_id": "fz-342299"}
     msgs = _msgs(h.rt.topics.route_decisions, [h.rt.codec.encode("route_decision", r) for r in (bad, good)])
-    asyncio.run(score_batch(h.rt, Scorer(h.rt, h.rt.routing()), msgs))
+    asyncio.run(score_batch(h.rt, Scorer(h.rt, h.rt.serving()), msgs))
     (letter,) = h.of_kind("dead_letter")
     assert "plan names query_id 'fz-342399'" in letter["reason"] and letter["offset"] == 0
     assert {r["query_id"] for r in h.of_kind("inference_request")} == {"good"}
@@ -102,18 +102,18 @@ def test_a_decision_whose_log_would_outgrow_a_changelog_record_is_dead_lettered_
     assert "text" in plan
     bad["plan"] = json.dumps({**plan, "text": "\u0001" * 3_000})  # 18 KB here; escaped again in the log
     msgs = _msgs(h.rt.topics.route_decisions, [h.rt.codec.encode("route_decision", r) for r in (bad, good)])
-    scorer = Scorer(h.rt, h.rt.routing())
+    scorer = Scorer(h.rt, h.rt.serving())
     asyncio.run(score_batch(h.rt, scorer, msgs))
     (letter,) = h.of_kind("dead_letter")
     assert "over the" in letter["reason"] and "record limit" in letter["reason"] and letter["offset"] == 0
     assert {r["query_id"] for r in h.of_kind("inference_request")} == {"good"}
-    assert scorer.table.get(0, "t1/huge") is None and all("huge" not in k[1] for k in scorer.states)
+    assert "t1/huge" not in scorer.states[0].logs and not any("huge" in k for _, k in scorer.table.pending)
 
 
 def test_the_scorer_dead_letters_an_oversized_record_by_length_before_decoding(harness):
     h = harness(max_record_bytes=1000)
     big = b"\xc3\x01" + b"\x00" * 5000
-    asyncio.run(score_batch(h.rt, Scorer(h.rt, h.rt.routing()), _msgs(h.rt.topics.route_decisions, [big])))
+    asyncio.run(score_batch(h.rt, Scorer(h.rt, h.rt.serving()), _msgs(h.rt.topics.route_decisions, [big])))
     (letter,) = h.of_kind("dead_letter")
     assert letter["reason"] == "record is 5002 bytes, over the 1000-byte limit"
 
@@ -128,24 +128,22 @@ def test_a_decision_naming_a_model_not_in_the_catalogue_is_dead_lettered(harness
     plan["escalation"] = [["no-such-model"]]
     bad = {**bad, "plan": json.dumps(plan), "models": ["no-such-model"]}
     msgs = _msgs(h.rt.topics.route_decisions, [h.rt.codec.encode("route_decision", r) for r in (good, bad)])
-    asyncio.run(score_batch(h.rt, Scorer(h.rt, h.rt.routing()), msgs))
+    asyncio.run(score_batch(h.rt, Scorer(h.rt, h.rt.serving()), msgs))
     (letter,) = h.of_kind("dead_letter")
     assert "no-such-model" in letter["reason"] and letter["offset"] == 1
     assert {r["query_id"] for r in h.of_kind("inference_request")} == {"good"}
 
 
-def test_a_stream_agent_dead_letters_a_record_its_handler_fails_on_and_goes_on(harness, monkeypatch):
-    import streams.model_events as model_events
-
+def test_a_stream_agent_dead_letters_a_record_its_handler_fails_on_and_goes_on(harness):
     applied = []
 
-    def apply_strategy(rt, event):
-        if event["theta_high"] > 0.95:
+    def follower(event):
+        if event.record["theta_high"] > 0.95:
             raise ValueError("theta_high out of range")
-        applied.append(event["theta_high"])
+        applied.append(event.record["theta_high"])
 
-    monkeypatch.setattr(model_events, "apply_strategy", apply_strategy)
     h = harness("streams.model_events")
+    h.rt.followers.append(follower)
 
     def strategy(theta_high: float) -> bytes:
         return h.rt.codec.encode("strategy", {"theta_high": theta_high, "theta_low": 0.5, "reason": "t", "ts_ms": 1})
@@ -213,14 +211,14 @@ def test_the_sink_skips_and_counts_a_row_the_store_rejects_but_not_a_store_that_
     rows = [{"reason": "fine"}, {"reason": "poison"}, {"reason": "also fine"}]
     store = _Store()
     insert_rows(store, "dead_letter", rows, rt)
-    assert store.rows == [rows[0], rows[2]] and rt.core["sink_skipped"] == 1
+    assert store.rows == [rows[0], rows[2]] and rt.sink_skipped == 1
     insert_rows(store, "dead_letter", [{"reason": "poison"}], rt)  # a batch of one bad row: skipped too
-    assert rt.core["sink_skipped"] == 2
+    assert rt.sink_skipped == 2
     with pytest.raises(StoreError):
         insert_rows(_Store(down=True), "dead_letter", rows, rt)
-    assert rt.core["sink_skipped"] == 2
+    assert rt.sink_skipped == 2
     got = rows_by_kind(rt, _msgs(rt.topics.answers, [b"junk"]) + _msgs("not-a-topic-of-ours", [b"x"]))
-    assert dict(got) == {} and rt.core["sink_skipped"] == 4
+    assert dict(got) == {} and rt.sink_skipped == 4
 
 
 @pytest.mark.parametrize("error", ["CommitFailedError", "IllegalStateError"])

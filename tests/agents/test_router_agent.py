@@ -15,7 +15,7 @@ async def _route(h, *payloads: bytes) -> None:
     """One batch, as one poll of the router's consumer would hand it."""
     msgs = [SimpleNamespace(topic=h.rt.topics.queries, partition=0, offset=i, key=None, value=value)
             for i, value in enumerate(payloads)]
-    await route_batch(h.rt, h.rt.routing(), msgs)
+    await route_batch(h.rt, h.rt.serving(), msgs)
 
 
 def _query(codec, qid: str, text: str, tenant: str = "t1") -> bytes:
@@ -73,6 +73,92 @@ def test_only_the_serve_role_reads_or_writes_the_routing_history(tmp_path):
     saved.save(tmp_path / "history")
     _, serve = create_app(settings, modules=(), role="serve")
     _, history = create_app(settings, modules=(), role="history")
-    assert len(serve.routing()["history"]) == 1 and len(history.routing()["history"]) == 0
+    assert len(serve.serving().history) == 1 and len(history.serving().history) == 0
     history.save()  # a no-op: the serve worker's snapshot stays as it was
     assert len(History.load(tmp_path / "history")) == 1
+
+
+def test_a_decision_carries_the_query_vector_its_event_time_and_the_latency_measured_by_the_host(harness):
+    from selfevolve.wire.records import vector_of
+
+    h = harness("streams.router")
+    text = "Which gas do plants absorb?"
+    asyncio.run(_route(h, h.rt.codec.encode("query", {"query_id": "q-1", "text": text, "tenant": "t1",
+                                                      "metadata": {}, "ts_ms": 1234})))
+    ((topic, _, d, key),) = h.sent
+    assert (topic, key, d["ts_ms"], d["source"]) == (h.rt.topics.route_decisions, "t1/q-1", 1234,
+                                                     f"{h.rt.topics.queries}:0:0")
+    assert d["decision_ms"] > 0.0  # measured around the fold's step, not by it
+    assert (vector_of(d) == h.rt.serving().embedder.encode([text])[0]).all()
+
+
+def test_the_router_state_and_history_survive_a_restart_and_evolution_is_replayed_not_restored(harness):
+    from selfevolve.evolution import hierarchy
+    from selfevolve.flow.events import Event
+    from streams.evolution_follow import follow
+
+    h = harness("streams.router")
+    asyncio.run(_route(h, _query(h.rt.codec, "q-1", "Which gas do plants absorb?")))
+    follow(h.rt, Event("strategy", {"theta_high": 0.9, "theta_low": 0.1, "domain": -1, "reason": "", "ts_ms": 1}))
+    serve = h.rt.serving()
+    assert (serve.router_state.theta_high, serve.router_state.theta_low) == (0.9, 0.1)  # the follower applied it
+    h.rt.save()
+    again = harness("streams.router").rt.serving()  # same home: a restarted serve worker
+    assert again.router_state.domains == serve.router_state.domains and again.router_state.domains["ids"]
+    # Thresholds and roles come back from the strategy and model-events topics (recover), not the snapshot.
+    assert (again.router_state.theta_high, again.router_state.theta_low) == (0.80, 0.50)
+    assert again.router_state.hierarchy == hierarchy.from_catalogue(again.catalogue)
+
+
+def test_a_strategy_the_router_fold_refuses_is_dead_lettered_and_the_next_applies(harness):
+    h = harness("streams.router", "streams.model_events")
+
+    def strategy(high: float, low: float) -> bytes:
+        return h.rt.codec.encode("strategy", {"theta_high": high, "theta_low": low, "reason": "t", "ts_ms": 1})
+
+    async def run():
+        async with h.agent("strategy").test_context() as agent:
+            await agent.put(strategy(0.4, 0.6))  # θl > θh
+            await agent.put(strategy(0.85, 0.3))
+            await h.wait_for("dead_letter", 1, timeout=10)
+
+    asyncio.run(run())
+    (letter,) = h.of_kind("dead_letter")
+    assert "need 0 <= θl <= θh" in letter["reason"]
+    state = h.rt.serving().router_state
+    assert (state.theta_high, state.theta_low) == (0.85, 0.3)
+
+
+@pytest.mark.parametrize("out, topic", [
+    (("route_decision", "route-decisions"), "agents.route-decisions"),
+    (("inference_request", "inference-requests.openai"), "agents.inference-requests.openai"),
+    (("answer", "answers.acme"), "agents.answers.acme"),
+    (("answer", "answers"), "agents.answers"),
+])
+def test_send_out_sends_to_the_topic_of_the_stage(harness, out, topic):
+    from selfevolve.flow.events import Out
+
+    h = harness()
+    assert h.rt.topic_of(Out(out[0], {}, None, out[1])) == topic
+
+
+@pytest.mark.parametrize("kind, stage, match", [
+    ("delivery", "", "internal"),
+    ("answer", "scores", "cannot go to stage"),
+    ("answer", "answers.Not-A-Tenant", "invalid tenant name"),
+    ("score", "scores.x", "no per-backend or per-tenant topics"),
+])
+def test_send_out_refuses_internal_kinds_and_mismatched_stages(harness, kind, stage, match):
+    from selfevolve.errors import SelfEvolveError
+    from selfevolve.flow.events import Out
+
+    h = harness()
+    with pytest.raises(SelfEvolveError, match=match):
+        asyncio.run(h.rt.send_out(Out(kind, {}, None, stage)))
+    assert h.sent == []
+
+
+def test_a_runtime_copy_made_before_the_serve_state_was_built_shares_it(harness):
+    h = harness("streams.router")
+    sending = h.rt.through(object())  # e.g. a task's transactional producer, before anything was loaded
+    assert sending.serving() is h.rt.serving() is h.rt.through(object()).serving()

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from types import SimpleNamespace
 
+from selfevolve.flow.events import Event
 from selfevolve.routing.history import Record
-from selfevolve.routing import RouteQuery
+from selfevolve.wire.records import decision_from_record
 from streams.scorer import Scorer, score_batch
 
 MAMMAL = "Which is a mammal?\nA) shark\nB) whale\nC) trout\nD) eel\nAnswer:"
+_offsets = itertools.count()
 
 
-def _decision(h, qid: str, text: str):
-    core = h.rt.routing()
-    d = core["router"].route(RouteQuery(qid, text, "t1"))
-    from selfevolve.wire.records import decision_record
-
-    core["vectors"][f"t1/{qid}"] = core["embedder"].encode([text])[0]  # what the router leaves for the scorer
-    return d, decision_record(d, {"sample_id": qid}, 1.0, int(time.time() * 1000))
+def _decision(h, qid: str, text: str, **changes):
+    """What the router fold decides for a query of tenant t1 read on the shared queries topic."""
+    serve = h.rt.serving()
+    query = {"query_id": qid, "text": text, "tenant": "t1", "metadata": {"sample_id": qid},
+             "ts_ms": int(time.time() * 1000)}
+    _, (out,) = serve.router_fold.step(serve.router_state,
+                                       Event("query", query, h.rt.topics.queries, (0, next(_offsets))))
+    record = {**out.record, **changes}
+    return decision_from_record(record), record
 
 
 def _response(req: dict, answer: str, ok: bool = True) -> dict:
@@ -36,7 +41,7 @@ class Feed:
 
     def __init__(self, h, scorer: Scorer | None = None):
         self.h, self.offset = h, 0
-        self.scorer = scorer or Scorer(h.rt, h.rt.routing())
+        self.scorer = scorer or Scorer(h.rt, h.rt.serving())
 
     async def put(self, *items: tuple[str, dict], partition: int = 0) -> None:
         msgs = []
@@ -68,18 +73,56 @@ def test_decision_calls_then_one_answer_even_with_duplicate_responses(harness):
     assert a["query_id"] == "q-1" and a["answer"] == "B" and a["tenant"] == "t1"
     assert set(a["models_called"]) == {r["model"] for r in h.of_kind("inference_request")}
     assert sum(s["winner"] for s in h.of_kind("score")) == 1
-    assert h.rt.core["history"].get("q-1", "t1") is not None  # delivered queries join the history
+    past = h.rt.serving().history.get("q-1", "t1")  # delivered queries join the history
+    assert past is not None and past.winner == a["model"] and past.source.startswith(h.rt.topics.queries)
+
+
+def test_a_decision_without_a_vector_is_embedded_again_at_delivery(harness):
+    """A decision written before v4 carries no vector: its query joins the history all the same, with the
+    vector its text embeds to."""
+    h = harness()
+    serve = h.rt.serving()
+
+    async def run():
+        feed = Feed(h)
+        _, rec = _decision(h, "q-old", MAMMAL, vector=b"")
+        await feed.put(("route_decision", rec))
+        await feed.put(*[("inference_response", _response(r, "B")) for r in h.of_kind("inference_request")])
+
+    asyncio.run(run())
+    assert len(h.of_kind("answer")) == 1 and not h.of_kind("dead_letter")
+    assert serve.history.get("q-old", "t1") is not None
+    (found, sim), *_ = serve.history.search(serve.embedder.encode([MAMMAL])[0], 1)
+    assert found.query_id == "q-old" and sim > 0.99
+
+
+def test_a_delivery_that_cannot_be_embedded_again_is_dead_lettered_and_its_answer_still_sent(harness, monkeypatch):
+    h = harness()
+    serve = h.rt.serving()
+
+    async def run():
+        feed = Feed(h)
+        _, rec = _decision(h, "q-lost", MAMMAL, vector=b"")
+        await feed.put(("route_decision", rec))
+        monkeypatch.setattr(serve.embedder, "encode", lambda texts: 1 / 0)
+        await feed.put(*[("inference_response", _response(r, "B")) for r in h.of_kind("inference_request")])
+
+    asyncio.run(run())
+    (letter,) = h.of_kind("dead_letter")
+    assert "no vector" in letter["reason"] and letter["source_topic"] == h.rt.topics.inference_responses
+    assert [a["query_id"] for a in h.of_kind("answer")] == ["q-lost"]
+    assert serve.history.get("q-lost", "t1") is None
 
 
 def test_failed_backend_falls_back_to_the_next_tier(harness):
     h = harness()
     text = "Write a haiku about rain."
-    core = h.rt.routing()
-    cheap = core["catalogue"].by_role("student")[0].name
+    serve = h.rt.serving()
+    cheap = serve.catalogue.by_role("student")[0].name
     # A near-identical past query that the cheap student got right makes the route targeted.
     for i in range(5):
-        core["history"].add(core["embedder"].encode([text])[0],
-                            Record(query_id=f"past-{i}", costs={cheap: 1e-5}, quality={cheap: 1.0}, winner=cheap))
+        serve.history.add(serve.embedder.encode([text])[0],
+                          Record(query_id=f"past-{i}", costs={cheap: 1e-5}, quality={cheap: 1.0}, winner=cheap))
 
     async def run():
         feed = Feed(h)
@@ -129,13 +172,12 @@ def test_changelog_is_written_only_after_the_broker_acknowledges_the_answer(harn
     before, after = asyncio.run(run())
     assert h.of_kind("answer"), "the answer was sent"
     assert before == [], "the changelog was written before the answer was acknowledged"
-    assert [json.loads(v) for _, k, v, _ in after if k == b"t1/q-ack"] == [{"done": True}]
+    assert [json.loads(v).get("done") for _, k, v, _ in after if k == b"t1/q-ack"] == [True]
 
 
 def test_a_restarted_scorer_resumes_from_its_changelog(harness):
     """A new scorer rebuilt from the changelog finishes a half-answered query and ignores what it had seen."""
     h = harness()
-    core = h.rt.routing()
 
     async def run():
         first = Feed(h)
@@ -145,10 +187,14 @@ def test_a_restarted_scorer_resumes_from_its_changelog(harness):
         assert len(reqs) >= 2, f"{d.strategy} called {d.models}: the test needs two calls"
         await first.put(("inference_response", _response(reqs[0], "B")), partition=2)
         # The changelog is all that survives a crash: a fresh scorer starts from its records.
-        second = Feed(h, Scorer(h.rt, core))
+        second = Feed(h, Scorer(h.rt, h.rt.serving()))
         second.offset = first.offset
-        for topic, key, value, partition in h.raw:
-            second.scorer.table.data.setdefault(partition, {})[key.decode()] = json.loads(value)
+        logged: dict[str, dict] = {}
+        for topic, key, value, partition in h.raw:  # what a restore reads: the last write per key
+            logged.pop(key.decode(), None)
+            if value is not None:
+                logged[key.decode()] = json.loads(value)
+        second.scorer.load(2, logged)
         # Re-delivered after the crash: the decision and the first response (already logged), then the rest.
         await second.put(("route_decision", rec), ("inference_response", _response(reqs[0], "B")), partition=2)
         assert len(h.of_kind("inference_request")) == len(reqs), "a seen decision was routed again"
@@ -193,8 +239,9 @@ def test_answered_markers_are_bounded_and_tombstoned(harness):
 
     scorer = asyncio.run(run())
     assert {a["query_id"] for a in h.of_kind("answer")} == {"q-old", "q-new"}
-    assert list(scorer.done) == [(0, "t1/q-new")]  # keyed by (tenant, query id)
-    assert scorer.table.get(0, "t1/q-old") is None and scorer.table.get(0, "t1/q-new") == {"done": True}
+    state = scorer.states[0]
+    assert list(state.answered) == ["t1/q-new"] and not state.logs  # keyed by (tenant, query id)
+    assert state.entry_json("t1/q-old") is None and state.entry_json("t1/q-new")["done"] is True
     assert (h.rt.topics.prefix + "scorer-state-changelog", b"t1/q-old", None, 0) in h.raw, "no tombstone for q-old"
 
 

@@ -35,11 +35,11 @@ class Pipeline:
 
     def __init__(self, h):
         self.h, self.offset = h, 0
-        self.scorer = Scorer(h.rt, h.rt.routing())
+        self.scorer = Scorer(h.rt, h.rt.serving())
 
     async def route(self, *msgs) -> list[tuple[dict, str]]:
         before = len(self.h.sent)
-        await route_batch(self.h.rt, self.h.rt.routing(), list(msgs))
+        await route_batch(self.h.rt, self.h.rt.serving(), list(msgs))
         return [(r, key) for _, kind, r, key in self.h.sent[before:] if kind == "route_decision"]
 
     async def score(self, kind: str, *records) -> None:
@@ -105,7 +105,7 @@ def test_two_tenants_with_the_same_id_are_both_answered_each_on_its_own_topic(ha
     keys = {key for topic, kind, _, key in h.sent if kind == "inference_request"}
     assert keys == {"a/same", "b/same"}, "requests are keyed by the query's (tenant, id), like its decision"
     assert {s["tenant"] for s in h.of_kind("score")} == {"a", "b"}
-    history = h.rt.core["history"]
+    history = h.rt.serving().history
     assert history.get("same", "a") is not None and history.get("same", "b") is not None
 
 
@@ -141,16 +141,16 @@ def test_feedback_comes_only_from_the_tenant_that_owns_the_query(harness):
 
     h = harness()
     t = h.rt.topics
-    core = h.rt.routing()
+    serve = h.rt.serving()
     for tenant in ("a", "b"):
-        core["history"].add(np.ones(384, np.float32), Record("qa" if tenant == "a" else "qb", tenant=tenant,
+        serve.history.add(np.ones(384, np.float32), Record("qa" if tenant == "a" else "qb", tenant=tenant,
                                                              costs={"m1": 0.1}, quality={"m1": None}))
 
     def fb(qid, tenant, quality):
         return h.rt.codec.encode("feedback", {"query_id": qid, "tenant": tenant, "model": "m1", "quality": quality,
                                               "source": "user", "ts_ms": 1})
 
-    asyncio.run(feedback_batch(h.rt, core, [
+    asyncio.run(feedback_batch(h.rt, serve, [
         _msg(t.feedback_for("b"), 0, fb("qa", "b", 0.0)),   # B on A's query: B owns no qa
         _msg(t.feedback_for("b"), 1, fb("qa", "a", 0.0)),   # B claiming to be A
         _msg(t.feedback_for("b"), 2, fb("qb", "b", 1.0)),   # B on its own query
@@ -162,5 +162,5 @@ def test_feedback_comes_only_from_the_tenant_that_owns_the_query(harness):
                                                                   (t.feedback_for("b"), 0), (t.feedback_for("b"), 1)]
     assert "feedback for a query tenant b does not own" in letters[1]["reason"]
     assert "tenant mismatch" in letters[2]["reason"]
-    assert core["history"].get("qa", "a").quality == {"m1": 0.5}
-    assert core["history"].get("qb", "b").quality == {"m1": 1.0}
+    assert serve.history.get("qa", "a").quality == {"m1": 0.5}
+    assert serve.history.get("qb", "b").quality == {"m1": 1.0}

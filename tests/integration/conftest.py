@@ -3,16 +3,15 @@ production), and per-test topics and Settings (signed in as the broker's super u
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from infra.kafka.launcher import KafkaBroker
 from infra.kafka.security import ADMIN_USER
+from infra.ports import free_ports
 from selfevolve.config import Settings
 
 
@@ -22,15 +21,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports on 127.0.0.1; every socket is held until all are chosen so none repeats."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,11 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import time
 
 import pytest
 
+from infra.ports import free_ports
 from selfevolve.wire.codec import Codec
 from selfevolve.config import Settings
 from selfevolve.wire.topics import Topics
@@ -23,16 +23,6 @@ from streams.stack import Stack
 
 
 DEMO = Settings().replay_dir
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Faust stats tables recover from their changelog and count each score once: kill the history worker, make
-it read every score again, and compare its tables with a fold of the scores topic."""
+"""The evolution agent's Faust tables recover from their changelogs and fold each score once: kill the history
+worker, make it read every score again, and compare its statistics with a fold of the scores topic and its
+gap windows with what they were before the kill."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import json
 import signal
 import time
+from collections import Counter
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -48,6 +50,10 @@ def _fold(scores: list[dict]) -> dict:
             d = str(s["domain"])
             expected[d] = stats.table_agg(expected.get(d, {}), s)
     return json.loads(json.dumps(expected))
+
+
+def _traffic(tables: dict) -> dict[str, int]:
+    return {d: g["traffic"] for d, g in tables["gaps"].items()}
 
 
 def _tables(settings) -> dict:
@@ -109,9 +115,11 @@ def test_stats_tables_count_each_score_once_after_sigkill_and_full_redelivery(ma
         scores, ends = asyncio.run(_all_scores(settings))
         expected = _fold(scores)
         assert expected, "no contested scores: the test would prove nothing"
+        # One gap-window outcome per delivered answer, the winner's.
+        traffic = dict(Counter(str(s["domain"]) for s in scores if s["winner"]))
         # The history worker trails the answers; wait until its tables hold every score.
-        before = _wait(lambda: (t := _tables(settings))["alltime"] == expected and t or None, 120,
-                       "the stats tables to fold every score")
+        before = _wait(lambda: (t := _tables(settings))["alltime"] == expected and _traffic(t) == traffic and t
+                       or None, 120, "the evolution tables to fold every score")
         stack.kill("history", sig=signal.SIGKILL, timeout=5)
         # The worst case of at-least-once: every score is delivered again to the restored tables.
         _rewind_history_group(settings)
@@ -125,3 +133,5 @@ def test_stats_tables_count_each_score_once_after_sigkill_and_full_redelivery(ma
     assert after["alltime"] == expected
     assert after["window"] == before["window"]
     assert after["positions"] == before["positions"]
+    assert before["gaps"], "no gap windows: the test would prove nothing about them"
+    assert (after["gaps"], after["gap_positions"]) == (before["gaps"], before["gap_positions"])

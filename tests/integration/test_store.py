@@ -32,8 +32,8 @@ def _schema(kind: str) -> dict:
 
 def _value(avro_type, name: str, i: int):
     """A valid value for one Avro field; strings and ts_ms carry i so every event key is unique."""
-    if isinstance(avro_type, list):  # ["null", "string"]: every third row null
-        return None if i % 3 == 0 else f"{name}-{i}"
+    if isinstance(avro_type, list):  # ["null", "string"] or ["null", "bytes"]: every third row null
+        return None if i % 3 == 0 else _value(avro_type[1], name, i)
     if isinstance(avro_type, dict):
         if avro_type["type"] == "map":
             return {"k": str(i), "tenant": "t"} if i % 2 else {}
@@ -181,7 +181,7 @@ def test_sql_endpoint_serves_reads_and_cli_falls_back_when_down(settings, store)
     token = sql_token(settings)
 
     async def scenario():
-        endpoint = await serve_sql(store, settings, port=0)
+        endpoint = await serve_sql(store, settings.model_copy(update={"sql_port": 0}))
         try:
             sql = "SELECT model, toStartOfDay(ts) AS d, winner FROM scores FINAL ORDER BY ts_ms LIMIT 1;"
             cols, rows = await asyncio.to_thread(query_remote, endpoint.url, sql, token)

@@ -81,7 +81,7 @@ async def _scenario(settings: Settings) -> dict:
     codec, topics = Codec.from_dir(), Topics.from_settings(settings)
     await ensure_topics(settings)
     rt = Runtime.build(settings)
-    await asyncio.to_thread(rt.routing)  # once, before the loops share it
+    await asyncio.to_thread(rt.serving)  # once, before the loops share it
     stop = asyncio.Event()
     tasks = [asyncio.create_task(run_router(rt, stop)), asyncio.create_task(run_scorer(rt, stop)),
              asyncio.create_task(model_worker.run(settings, ("replay",), f"poison-{settings.topic_prefix}", stop))]

@@ -337,7 +337,7 @@ def test_the_scorer_runs_and_scores_only_responses_to_its_own_calls(tmp_path, mo
         await feed.put(("route_decision", rec))
         reqs = h.of_kind("inference_request")
         called = {r["model"] for r in reqs}
-        stranger = next(m.name for m in h.rt.routing()["catalogue"].models if m.name not in called)
+        stranger = next(m.name for m in h.rt.serving().catalogue.models if m.name not in called)
         forged = [
             {**scorer_tests._response(reqs[0], evil), "model": stranger},
             {**scorer_tests._response(reqs[0], evil), "request_id": reqs[-1]["request_id"] + "x"},

@@ -132,7 +132,8 @@ class Endpoint:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.endpoint = asyncio.run_coroutine_threadsafe(serve_sql(store, settings, port=0), self.loop).result(30)
+        free = settings.model_copy(update={"sql_port": 0})
+        self.endpoint = asyncio.run_coroutine_threadsafe(serve_sql(store, free), self.loop).result(30)
         self.url = self.endpoint.url
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -23,7 +24,7 @@ from selfevolve.data.routerbench import load_dir
 from selfevolve.wire.topics import Topics
 from streams.feedback import run_feedback
 from streams.cli import _tenants
-from streams.kafka_io import client_options, tail_consumer
+from streams.kafka_io import admin_client, client_options, tail_consumer
 from streams.produce import print_answers, produce_feedback, produce_lines
 from streams.router import run_router
 from streams.runtime import Runtime
@@ -37,7 +38,7 @@ A, B = "ta", "tb"
 
 async def _pipeline(settings, stop: asyncio.Event, store) -> list[asyncio.Task]:
     serve = Runtime.build(settings)
-    await asyncio.to_thread(serve.routing)  # load the embedder once, before the tasks need it
+    await asyncio.to_thread(serve.serving)  # load the embedder once, before the tasks need it
     history = Runtime.build(settings, owns_history=False)
     return [asyncio.create_task(c) for c in (
         run_router(serve, stop), run_scorer(serve, stop), run_feedback(serve, stop),
@@ -72,14 +73,8 @@ async def _dead_letters(settings, want, timeout: float = 60) -> list[dict]:
 
 async def _read_as(settings, topic: str) -> tuple[int, int]:
     """(records fetched, the broker's error code describing the topic) for a client with these credentials."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **client_options(settings))
-    await admin.start()
-    try:
+    async with admin_client(settings) as admin:
         (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                                 **client_options(settings))
     await consumer.start()
@@ -110,6 +105,57 @@ def _tenant_settings(settings, folder) -> Settings:
                          secrets_dir=folder)
 
 
+@contextlib.asynccontextmanager
+async def _running_pipeline(settings):
+    """The pipeline's tasks and the store, stopped (and any task's failure raised) on exit."""
+    stop = asyncio.Event()
+    store = HistoryStore.open(settings)
+    store.ensure_schema()
+    tasks = await _pipeline(settings, stop, store)
+    try:
+        yield store
+    finally:
+        stop.set()
+        done, pending = await asyncio.wait(tasks, timeout=30)
+        for t in pending:
+            t.cancel()
+        for t in done:
+            if not t.cancelled() and t.exception() is not None:
+                raise t.exception()
+        store.close()
+
+
+async def _stored_same(store) -> list[tuple]:
+    """(tenant, text) of every stored query with id 'same', once both tenants' are there (30 s at most)."""
+    for _ in range(30):  # the sink flushes every 0.3 s
+        _, rows = await asyncio.to_thread(
+            store.query, "SELECT tenant, text FROM queries FINAL WHERE query_id = 'same' ORDER BY tenant")
+        if len(rows) >= 2:
+            break
+        await asyncio.sleep(1)
+    return rows
+
+
+async def _scenario(settings, tenant: dict, samples) -> tuple:
+    """Both tenants use id "same"; A also asks "a-only"; B then reuses its own "same" for another text and sends
+    a verdict on A's query. Returns what each saw, the dead letters, the cross reads and the stored rows."""
+    s1, s2, s3 = samples
+    topics = Topics.from_settings(settings)
+    async with _running_pipeline(settings) as store:
+        assert (await produce_lines(tenant[A], [_line("same", s1), _line("a-only", s3)], tenant=A))[0] == 2
+        assert (await produce_lines(tenant[B], [_line("same", s2)], tenant=B))[0] == 1
+        got_a, got_b = await _answers(tenant[A], A, 2), await _answers(tenant[B], B, 1)
+        assert (await produce_lines(tenant[B], [_line("same", s3)], tenant=B))[0] == 1
+        # B's verdict on A's query, on B's own topic (B may write nothing else).
+        fb = json.dumps({"id": "a-only", "model": got_a[0]["model"] or "m", "quality": 0.0})
+        assert await produce_feedback(tenant[B], [fb], tenant=B) == (1, [])
+        letters = await _dead_letters(settings, lambda out: len(out) >= 2)
+        await asyncio.sleep(2)  # what B's reuse might still (wrongly) deliver
+        final_b = await _answers(tenant[B], B, 1, timeout=5)
+        refused = await _read_as(tenant[A], topics.answers_for(B)), await _read_as(tenant[B], topics.answers_for(B))
+        return got_a, got_b, final_b, letters, refused, await _stored_same(store)
+
+
 @pytest.mark.timeout(180)
 def test_tenants_are_isolated_end_to_end(make_settings, kafka_broker, capsys):
     # One partition: both tenants' "same" meet in one scorer partition, as they would on any shared key.
@@ -126,45 +172,9 @@ def test_tenants_are_isolated_end_to_end(make_settings, kafka_broker, capsys):
               B: make_settings(kafka_username=tenant_user(B), kafka_password=add_tenant(settings, B),
                                topic_partitions=1)}
     assert tenant[A].kafka_username == tenant_user(A)
-    topics = Topics.from_settings(settings)
     s1, s2, s3 = list(load_dir(settings.replay_dir).samples)[:3]
 
-    async def scenario():
-        stop = asyncio.Event()
-        store = HistoryStore.open(settings)
-        store.ensure_schema()
-        tasks = await _pipeline(settings, stop, store)
-        try:
-            # Both tenants use id "same"; A also asks "a-only"; B then reuses its own "same" for another text.
-            assert (await produce_lines(tenant[A], [_line("same", s1), _line("a-only", s3)], tenant=A))[0] == 2
-            assert (await produce_lines(tenant[B], [_line("same", s2)], tenant=B))[0] == 1
-            got_a, got_b = await _answers(tenant[A], A, 2), await _answers(tenant[B], B, 1)
-            assert (await produce_lines(tenant[B], [_line("same", s3)], tenant=B))[0] == 1
-            # B's verdict on A's query, on B's own topic (B may write nothing else).
-            fb = json.dumps({"id": "a-only", "model": got_a[0]["model"] or "m", "quality": 0.0})
-            assert await produce_feedback(tenant[B], [fb], tenant=B) == (1, [])
-            letters = await _dead_letters(settings, lambda out: len(out) >= 2)
-            await asyncio.sleep(2)  # what B's reuse might still (wrongly) deliver
-            final_b = await _answers(tenant[B], B, 1, timeout=5)
-            refused = await _read_as(tenant[A], topics.answers_for(B)), await _read_as(tenant[B], topics.answers_for(B))
-            for _ in range(30):  # the sink flushes every 0.3 s
-                _, rows = await asyncio.to_thread(
-                    store.query, "SELECT tenant, text FROM queries FINAL WHERE query_id = 'same' ORDER BY tenant")
-                if len(rows) >= 2:
-                    break
-                await asyncio.sleep(1)
-            return got_a, got_b, final_b, letters, refused, rows
-        finally:
-            stop.set()
-            done, pending = await asyncio.wait(tasks, timeout=30)
-            for t in pending:
-                t.cancel()
-            for t in done:
-                if not t.cancelled() and t.exception() is not None:
-                    raise t.exception()
-            store.close()
-
-    got_a, got_b, final_b, letters, refused, rows = asyncio.run(scenario())
+    got_a, got_b, final_b, letters, refused, rows = asyncio.run(_scenario(settings, tenant, (s1, s2, s3)))
     assert sorted((a["tenant"], a["query_id"]) for a in got_a) == [(A, "a-only"), (A, "same")]
     assert [(a["tenant"], a["query_id"]) for a in got_b] == [(B, "same")]
     assert [a["query_id"] for a in final_b] == ["same"], "B's reused id was answered a second time"

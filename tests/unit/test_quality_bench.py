@@ -4,9 +4,11 @@ import csv
 import json
 import random
 
+import numpy as np
 import pytest
 
 from bench import quality
+from selfevolve.errors import ConfigError
 
 MODELS = ["tiny", "medium", "boss"]
 PRICE = {"tiny": 0.0001, "medium": 0.0005, "boss": 0.005}
@@ -50,3 +52,70 @@ def test_bench_writes_json_and_plot(tmp_path, monkeypatch):
     assert r["warmup"]["queries"] == 60 and r["warmup"]["cost_usd"] > 0
     assert r["baselines"]["oracle"]["accuracy"] >= r["system"]["accuracy"]
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def _fake_embed(settings, prompts):
+    # A deterministic unit vector per prompt: enough for routing to run, no model to load.
+    out = []
+    for p in prompts:
+        v = np.random.default_rng(sum(map(ord, p)) * 7919 + len(p)).standard_normal(16)
+        out.append(v / np.linalg.norm(v))
+    return np.asarray(out, dtype=np.float32)
+
+
+@pytest.fixture()
+def small(tmp_path, monkeypatch):
+    monkeypatch.setattr(quality, "embed_all", _fake_embed)
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = random.Random(1)
+    _write(data, "alpha", "train", 20, rng)
+    _write(data, "alpha", "test", 20, rng)
+    return data
+
+
+def test_models_restricts_any_dir_to_a_sub_pool(small, tmp_path):
+    out = tmp_path / "q.json"
+    assert quality.main(["--data", str(small), "--models", "tiny,boss", "--lambdas", "0.1", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["models"] == ["tiny", "boss"] and r["supervisor"] == "boss"
+    # Only the pool is ever called: the best single model is one of the two, and the system pays only them.
+    assert any(k.startswith("best_single (") and k[13:-1] in ("tiny", "boss") for k in r["baselines"])
+    assert r["system"]["queries"] == 20 and r["warmup"]["queries"] == 20
+    with pytest.raises(ConfigError, match="not in this data"):
+        quality.main(["--data", str(small), "--models", "tiny,nope", "--quick"])
+
+
+def test_data_without_response_texts_is_refused(small, tmp_path):
+    for f in small.iterdir():  # blank every answer cell of one model, as a scores-only export would be
+        rows = list(csv.reader(f.open()))
+        col = rows[0].index("medium|model_response")
+        for row in rows[1:]:
+            row[col] = ""
+        with f.open("w", newline="") as out:
+            csv.writer(out).writerows(rows)
+    with pytest.raises(ConfigError, match=r"no response texts for \['medium'\]"):
+        quality.main(["--data", str(small), "--quick"])
+    # Leaving the silent model out is the way through.
+    assert quality.main(["--data", str(small), "--models", "tiny,boss", "--quick"]) == 0
+
+
+def test_the_pass_runs_the_shipped_folds_and_reads_gold_after_delivery(small, monkeypatch):
+    from selfevolve.flow import driver
+    from selfevolve.flow.workload import Workload
+
+    sent = []
+    real = Workload.feedback
+
+    def spy(self, answer):
+        sent.append(answer["query_id"])
+        return real(self, answer)
+
+    monkeypatch.setattr(Workload, "feedback", spy)
+    calls = []
+    original = driver.replay
+    monkeypatch.setattr(driver, "replay", lambda d, *a, **kw: calls.append([f.name for f in d.folds])
+                        or original(d, *a, **kw))
+    assert quality.main(["--data", str(small), "--quick"]) == 0
+    assert calls == [["router", "scorer", "history"]]
+    assert len(sent) == 40 and len(set(sent)) == 40  # one feedback round per delivered answer

@@ -1,0 +1,165 @@
+"""The router as a fold: queries in, one route decision out each, over domains, thresholds and the hierarchy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from selfevolve.config import Settings
+from selfevolve.errors import ValidationError
+from selfevolve.evolution import hierarchy
+from selfevolve.flow.events import Event, Out
+from selfevolve.models.catalogue import Catalogue
+from selfevolve.routing import RouteQuery, Router, domains
+from selfevolve.routing.history import History
+from selfevolve.wire.records import decision_record, source_of
+from selfevolve.wire.tenancy import DEFAULT_TENANT, record_key
+
+STAGE = "route-decisions"
+
+
+@dataclass
+class RouterState:
+    """What routing has learnt apart from the history: the domains queries fell into (domains.initialize's
+    JSON value), the thresholds the meta-learner set, and the roles model events gave each domain.
+    `views` caches each domain's catalogue for this hierarchy; a new hierarchy gets an empty cache."""
+
+    domains: dict[str, Any]
+    theta_high: float
+    theta_low: float
+    hierarchy: dict[str, Any]
+    views: dict[int, Catalogue] = field(default_factory=dict, repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"domains": self.domains, "theta_high": self.theta_high, "theta_low": self.theta_low,
+                "hierarchy": self.hierarchy}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RouterState:
+        try:
+            return cls(domains=data["domains"], theta_high=float(data["theta_high"]),
+                       theta_low=float(data["theta_low"]), hierarchy=data["hierarchy"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValidationError(f"not a router state snapshot: {e}") from e
+
+
+def thresholds(theta_high: float, theta_low: float) -> tuple[float, float]:
+    """(θh, θl) if they are a valid pair, else ValidationError: a strategy event must not break routing."""
+    if not 0.0 <= theta_low <= theta_high:
+        raise ValidationError(f"need 0 <= θl <= θh (θh > 1 turns targeted off), got θl={theta_low} θh={theta_high}")
+    return float(theta_high), float(theta_low)
+
+
+class RouterFold:
+    """query -> route_decision; model_event -> the hierarchy; strategy -> the thresholds.
+
+    The environment: the base catalogue, the routing history (read only here: the history fold adds to
+    it) and the embedder, a pure function of the text. A step never changes the state it is given: a
+    step that raises leaves the caller's state as it was. A query's decision depends on the state, the
+    history and the query only; decision_ms is latency, which the host may measure and pass in the
+    event's payload ({"decision_ms": ms}); nothing is decided on it.
+    """
+
+    name = "router"
+    consumes = ("query", "model_event", "strategy")
+
+    def __init__(self, settings: Settings, catalogue: Catalogue, history: History, embedder) -> None:
+        self.settings, self.catalogue, self.history, self.embedder = settings, catalogue, history, embedder
+        self.router = Router(settings, catalogue, history, embedder)
+
+    def initialize(self) -> RouterState:
+        s = self.settings
+        high, low = thresholds(s.theta_high, s.theta_low)
+        return RouterState(domains=domains.initialize(s.domain_radius, s.max_domains), theta_high=high,
+                           theta_low=low, hierarchy=hierarchy.from_catalogue(self.catalogue))
+
+    def restore(self, snapshot: dict[str, Any] | None) -> RouterState:
+        """The state a restarted worker starts from: the snapshot's domains (nothing else keeps them). The
+        hierarchy and thresholds start from the catalogue and settings, as the model-events and strategy
+        topics, which the worker reads from the start, rebuild them (a snapshot's would outlive a changed
+        catalogue or setting)."""
+        state = self.initialize()
+        if snapshot is None:
+            return state
+        saved = snapshot["domains"] if "hierarchy" in snapshot else snapshot  # a pre-fold domains.json
+        if not isinstance(saved, dict) or "centroids" not in saved:
+            raise ValidationError("the router snapshot holds no domain state")
+        return replace(state, domains=saved)
+
+    def step(self, state: RouterState, event: Event) -> tuple[RouterState, list[Out]]:
+        if event.kind == "query":
+            return self.step_many(state, [event])
+        if event.kind == "model_event":
+            # apply() raises on an unknown kind before anything changed; a new hierarchy, new views.
+            return replace(state, hierarchy=hierarchy.apply(state.hierarchy, event.record), views={}), []
+        if event.kind == "strategy":
+            high, low = thresholds(event.record["theta_high"], event.record["theta_low"])
+            return replace(state, theta_high=high, theta_low=low), []
+        return state, []
+
+    def embed(self, queries: Sequence[dict]) -> np.ndarray:
+        """The embeddings of query records, in one call (the host may run this off its event loop)."""
+        return self.embedder.encode([q["text"] for q in queries])
+
+    def step_many(self, state: RouterState, events: Sequence[Event],
+                  vectors: np.ndarray | None = None) -> tuple[RouterState, list[Out]]:
+        """step() over a batch of events, with one embedding call for its queries and one history search
+        per run of consecutive queries: the same state and decisions as stepping them one by one (a query
+        joins the history only once answered, so queries of a batch never saw each other anyway).
+        `vectors`, if given, are the queries' embeddings (embed() of their records), in order."""
+        queries = [e.record for e in events if e.kind == "query"]
+        if vectors is None and queries:
+            vectors = self.embed(queries)
+        elif vectors is not None and len(vectors) != len(queries):
+            raise ValidationError(f"{len(vectors)} vectors for {len(queries)} queries")
+        outs: list[Out] = []
+        run: list[Event] = []
+        for event in events:
+            if event.kind == "query":
+                run.append(event)
+                continue
+            state, vectors = self._flush(state, run, vectors, outs)
+            run = []
+            state, _ = self.step(state, event)
+        state, _ = self._flush(state, run, vectors, outs)
+        return state, outs
+
+    def _flush(self, state: RouterState, run: list[Event], vectors, outs: list[Out]):
+        """Route a run of consecutive queries; returns the state after them and the vectors left over."""
+        if not run:
+            return state, vectors
+        vecs, rest = vectors[:len(run)], vectors[len(run):]
+        state, decided = self._route(state, run, np.asarray(vecs, dtype=np.float32))
+        outs += decided
+        return state, rest
+
+    def _route(self, state: RouterState, run: list[Event], vecs: np.ndarray) -> tuple[RouterState, list[Out]]:
+        queries = [e.record for e in run]
+        texts = [q["text"] for q in queries]
+        placed_domains, placed = domains.assign_many(state.domains, vecs, texts)
+        views = state.views
+        # Each domain's own roles and activated students: evolution reaches routing at once.
+        catalogues = [self._view(state, views, d) for d in placed]
+        router = self.router.with_thresholds(state.theta_high, state.theta_low)
+        found = router.route_many([RouteQuery(q["query_id"], q["text"], q.get("tenant") or DEFAULT_TENANT, v)
+                                   for q, v in zip(queries, vecs)], catalogues=catalogues)
+        outs = []
+        for event, q, d, domain, vec in zip(run, queries, found, placed, vecs):
+            source = source_of(event.topic, *event.at) if event.at is not None else ""
+            latency = (event.payload or {}).get("decision_ms", 0.0) if isinstance(event.payload, dict) else 0.0
+            record = decision_record(d, q.get("metadata") or {}, float(latency), int(q.get("ts_ms") or 0),
+                                     domain, source, vector=vec)
+            # Keyed by (tenant, id): its requests and responses carry the same key, so share its partition.
+            outs.append(Out("route_decision", record, record_key(q), STAGE))
+        return replace(state, domains=placed_domains, views=views), outs
+
+    def _view(self, state: RouterState, views: dict[int, Catalogue], domain: int) -> Catalogue:
+        # The cache belongs to this hierarchy (model events replace it), and the view is a pure function of
+        # (catalogue, hierarchy, domain): filling it in place cannot change what any state decides.
+        if domain not in views:
+            views[domain] = hierarchy.domain_catalogue(self.catalogue, state.hierarchy, domain)
+        return views[domain]
+
