@@ -77,7 +77,7 @@ def measure_speed(settings: Settings, names: list[str], texts: list[str], batch:
             parts[name].append(embedders[name].encode(chunk))
             out[name]["seconds"] += time.perf_counter() - t
         if c % 10 == 9:
-            log(f"  {(c + 1) * batch}/{len(texts)} texts, {time.perf_counter() - t0:.0f}s")
+            log(f"  {min(len(texts), (c + 1) * batch)}/{len(texts)} texts, {time.perf_counter() - t0:.0f}s")
     vecs = {n: np.concatenate(parts[n]) for n in names}
     for name in names:
         r = out[name]
@@ -220,17 +220,26 @@ def _print(result: dict) -> None:
         ci = f"[{d['ci95'][0]:+.3f},{d['ci95'][1]:+.3f}]" if d else "reference"
         a1, a2 = (r["accuracy_at_cost"][b] for b in ("0.1", "0.2"))
         fmt = lambda v: "   n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        print(f"{name:<14} {r['dim']:>4} {r['texts_per_s']:>8.1f} {r['speedup']:>7.1f} {r['load_s']:>6.1f} "
-              f"{r['knn_accuracy']:>7.3f} {fmt(a1):>7} {fmt(a2):>7} {r['aiq']:>6.3f} {ci:>18} "
-              f"{r['neighbour_overlap']:>5.2f}")
+        x = "n/a" if r["speedup"] is None else f"{r['speedup']:.1f}"
+        nbr = "n/a" if r["neighbour_overlap"] is None else f"{r['neighbour_overlap']:.2f}"
+        print(f"{name:<14} {r['dim']:>4} {r['texts_per_s']:>8.1f} {x:>7} {r['load_s']:>6.1f} "
+              f"{r['knn_accuracy']:>7.3f} {fmt(a1):>7} {fmt(a2):>7} {r['aiq']:>6.3f} {ci:>18} {nbr:>5}")
     print(f"measured choice: {result['measured_choice']}; settings default: {result['settings_default']}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:  # one BLAS thread too: on a busy machine threaded OpenBLAS matrix-vector products crawl
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return _main(argv)
+    with threadpool_limits(1):
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.embeddings", description=__doc__.split("\n")[0])
     settings = Settings.load()
     p.add_argument("--data", type=Path, default=Path(settings.data_dir) / "routerbench-0shot")
-    p.add_argument("--limit", type=int, default=None, help="time only the first N distinct prompts (all are embedded)")
     p.add_argument("--only", default=None, help="comma-separated embedders (default: all)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--bootstrap", type=int, default=300)

@@ -32,28 +32,56 @@ def quality(q: dict) -> list[str]:
     return out
 
 
+_RATIO = {"qps_over_embedding": "configured embedder alone", "qps_over_minilm_embedding": "MiniLM alone",
+          "qps_over_broker": "bare broker"}
+_GOAL = {"distinct_qps": "distinct-text rate ≥ {} q/s", "sustained_p50_ms": "sustained p50 ≤ {} ms",
+         "sustained_p99_ms": "sustained p99 ≤ {} ms", "pipeline_over_embedding": "pipeline ≥ {} of its embedding baseline"}
+
+
+def _ms(x) -> str:
+    return "n/a" if x is None else f"{x:.0f} ms" if x < 10_000 else f"{x / 1000:.0f} s"
+
+
+def _cpu_row(d: dict) -> list[str]:
+    cpu = d.get("cpu_ms_per_query") or {}
+    names = {"streams": "serve", "model-worker-0": "model"}
+    parts = ", ".join(f"{names.get(k, k)} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])
+                      if v >= 0.05)
+    return [f"| CPU ms per distinct query, by process ({parts}) | {sum(cpu.values()):.1f} ms |"] if cpu else []
+
+
 def throughput(t: dict) -> list[str]:
-    b = t["baselines"]
-    return ["### Throughput (`bench/results/throughput.json`)", "",
-            f"`selfevolve bench throughput --n {t['n']}`: a {t['warmup']}-query warm-up with feedback, then all "
-            f"{t['n']} queries produced at once through the whole pipeline (replay backend).", "",
-            "| measure | value |", "|---|---|",
-            f"| end-to-end queries per second | {t['qps']:.1f} |",
-            f"| p50 / p99 produce-to-answer (an open-loop burst: mostly queueing) | {t['p50_ms'] / 1000:.0f} s / "
-            f"{t['p99_ms'] / 1000:.0f} s |",
-            f"| router decision time, p50 (a query's share of its batch, after the embedding) | "
-            f"{t['router_p50_ms']:.2f} ms |",
-            f"| distinct query texts among the {t['n']} | {t['distinct_texts']} |",
-            f"| baseline: bare produce-to-consume on the same broker | {b['broker_roundtrip']['msgs_per_s']:.0f} msg/s |",
-            f"| baseline: MiniLM embedding alone, distinct texts (batches of 64) | "
-            f"{b['embedding']['texts_per_s']:.1f} texts/s |",
-            *([f"| baseline: the stream's own texts through the embedder's exact-text cache (hit rate "
-               f"{b['embedding']['stream_cache_hit_rate']:.0%}) | {b['embedding']['stream_texts_per_s']:.1f} texts/s |"]
-              if "stream_texts_per_s" in b["embedding"] else []),
-            f"| pipeline / embedding baseline (distinct texts) | {t['ratios']['qps_over_embedding']:.2f} |",
-            *([f"| pipeline / cached embedding baseline | {t['ratios']['qps_over_cached_embedding']:.2f} |"]
-              if "qps_over_cached_embedding" in t["ratios"] else []),
-            f"| pipeline / broker baseline | {t['ratios']['qps_over_broker']:.4f} |"]
+    d, s, b, w = t["distinct"], t["sustained"], t["baselines"], t["workload"]
+    curve = "; ".join(f"{p['repeat_rate']:g}: {p['qps']:.1f} q/s" for p in t["repeat_curve"])
+    out = ["### Throughput (`bench/results/throughput.json`)", "",
+           f"`selfevolve bench throughput --seconds {float(t['args']['seconds']):g}` (embedder "
+           f"`{t['embedder']['id']}`). Workload: {w['queries']}. Backend: {w['backend']}. Stack: {w['stack']}. "
+           f"Machine: {w['machine']}.", "",
+           "| measure | value |", "|---|---|",
+           f"| **queries per second, every text distinct** (1 serve worker; {d['answers']} queries over "
+           f"{d['seconds']:.0f} s) | **{t['qps']:.1f}** |",
+           f"| p50 / p99 produce-to-answer in that run ({d['window']} in flight: mostly queueing) | "
+           f"{_ms(d['p50_ms'])} / {_ms(d['p99_ms'])} |",
+           f"| p50 / p99 produce-to-answer at a steady {s['offered_qps']:g} q/s (half the distinct rate, "
+           f"{s['answers']} queries) | {_ms(s['p50_ms'])} / {_ms(s['p99_ms'])} |",
+           *([f"| p50 / p99 produce-to-answer at a light {t['light_load']['offered_qps']:g} q/s (the latency floor, "
+               f"no queue) | {_ms(t['light_load']['p50_ms'])} / {_ms(t['light_load']['p99_ms'])} |"]
+             if "light_load" in t else []),
+           f"| router decision time p50 at {s['offered_qps']:g} q/s (a query's share of its batch) | "
+           f"{s.get('router_p50_ms') or 0:.2f} ms |",
+           f"| queries per second by repeat rate (a repeat: an earlier query's exact text) | {curve} |",
+           *_cpu_row(d)]
+    out += [f"| {p['serve_workers']} serve workers | {p['why'].split('. ')[0]} |"
+            for p in t["scaling"] if p["qps"] is None]
+    out += [f"| baseline: bare produce-to-consume on the same broker | "
+            f"{b['broker_roundtrip']['msgs_per_s']:.0f} msg/s |"]
+    out += [f"| baseline: {v['embedder']} embedding alone, distinct texts (1 thread, batches of {v['batch']}) | "
+            f"{v['texts_per_s']:.1f} texts/s |" for k, v in b.items() if k.startswith("embedding")]
+    out += [f"| distinct-text rate / {_RATIO[k]} | {v:.3g} |" for k, v in t["ratios"].items() if k in _RATIO]
+    g = t["goals"]
+    out += ["", "Goals: " + "; ".join(f"{label.format(g[k])}: {'reached' if g['reached'][k] else 'not reached'}"
+                                      for k, label in _GOAL.items()) + f". Repeat curve: {w['repeats']}."]
+    return out
 
 
 def evolution(e: dict) -> list[str]:

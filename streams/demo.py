@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from selfevolve.config import Settings
+from streams.store import TABLES
 from selfevolve.data.routerbench import load_dir
 from selfevolve.distill import evaluate as ev
 from selfevolve.errors import SelfEvolveError
@@ -22,8 +23,7 @@ from streams.stack_replay import replay
 from streams.sqlclient import sql
 from streams.stack import Stack, operator_settings
 
-STAGE_TABLES = ("queries", "route_decisions", "inference_requests", "inference_responses", "scores",
-                "answers", "feedback", "dead_letters", "model_events", "gaps", "spawns", "strategies")
+STAGE_TABLES = tuple(TABLES.values())  # one ClickHouse table per event kind (streams/store.py)
 
 
 def wait_ready(settings: Settings, timeout: float = 180.0) -> None:
@@ -157,7 +157,7 @@ async def live_distillation(settings: Settings, stack: Stack, timeout: float = 9
         print(f"[live] {checkpoint} has no round record naming its training questions; without it no question "
               "is known to be held out, so the student is not evaluated", flush=True)
         return
-    questions = ev.held_out(domain_questions(settings, domain), record.get("query_ids", ()),
+    questions = ev.held_out(domain_questions(settings, domain), record["query_ids"],
                             record.get("prompt_digests", ()), HELD_OUT)
     if questions:
         await _served_check(settings, questions[0], timeout)
@@ -174,7 +174,7 @@ def _busiest_domain(settings: Settings) -> tuple[int, int] | None:
 
     cat = Catalogue.load(settings.catalogue)
     teachers = ", ".join(f"'{s.name}'" for s in cat.models if s.role in ("teacher", "supervisor"))
-    _, rows = sql(settings, f"SELECT domain, count() AS n FROM scores FINAL WHERE model IN ({teachers}) "
+    _, rows = sql(settings, f"SELECT domain, uniqExact(query_id) AS n FROM scores FINAL WHERE model IN ({teachers}) "
                             f"AND confidence > {settings.distill_confidence} GROUP BY domain ORDER BY n DESC LIMIT 1")
     return (int(rows[0][0]), int(rows[0][1])) if rows else None
 

@@ -112,7 +112,7 @@ def replay(settings: Settings, log: Path, *, seed: int = 0, window: int = 50, wa
     work, responder, fmt = load_log(Path(log), catalogue, seed, warmup, limit)
     texts = [q["text"] for q in work.queries]
     vecs = embed_all(settings, texts, log=lambda m: print(m, file=sys.stderr))
-    flow = dataflow.build(settings, catalogue, lookup(texts, vecs), dim=int(vecs.shape[1]) if len(texts) else 384)
+    flow = dataflow.build(settings, catalogue, lookup(texts, vecs), dim=int(vecs.shape[1]) if len(texts) else None)
     total = len(work.queries)
     result = driver.replay(flow.driver(responder), work.queries, work.feedback if feedback else None,
                            window=window, on_window=(lambda n, _r: progress(n, total)) if progress else None)

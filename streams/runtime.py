@@ -19,7 +19,7 @@ from selfevolve.flow.events import INTERNAL, Event, Out
 from selfevolve.flow.learning import HistoryFold
 from selfevolve.flow.router import RouterFold, RouterState
 from selfevolve.models.catalogue import Catalogue
-from selfevolve.routing.embed import Embedder
+from selfevolve.routing.embed import Embedder, embedding_dim
 from selfevolve.routing.history import History, Record
 from selfevolve.wire.codec import Codec
 from selfevolve.wire.deadletter import dead_letter
@@ -67,9 +67,13 @@ class ServeState:
         """From the settings and, with `where`, the snapshots saved there (a history, a router state)."""
         catalogue = Catalogue.load(settings.catalogue)
         embedder = Embedder(settings)
-        history_fold = HistoryFold()
+        history_fold = HistoryFold(embedding_dim(settings))
         history = (History.load(where) if where is not None and (where / "meta.json").exists()
                    else history_fold.initialize())
+        if history.dim != history_fold.dim:
+            raise ConfigError(f"the routing history in {where} holds {history.dim}-dim vectors but the "
+                              f"{settings.embedder!r} embedder makes {history_fold.dim}: set SELFEVOLVE_EMBEDDER "
+                              "to the one it was built with, or move the history away to start a new one")
         router_fold = RouterFold(settings, catalogue, history, embedder)
         return cls(catalogue=catalogue, embedder=embedder, history=history, router_fold=router_fold,
                    router_state=router_fold.restore(_router_snapshot(where)), history_fold=history_fold)

@@ -37,6 +37,7 @@ class Score:
 
     ok: tuple[bool, ...]
     picks: tuple[str | None, ...]  # what each answer committed to (letter or number), None when unreadable
+    empty: int = 0  # answers with no text at all (the model ended its turn at once): unreadable too
 
     @property
     def correct(self) -> int:
@@ -104,7 +105,8 @@ def score(answers: Sequence[str], questions: Sequence[Question]) -> Score:
     if len(answers) != len(questions):
         raise ValueError(f"{len(answers)} answers for {len(questions)} questions")
     picks = tuple(extract(a, q.offered) for a, q in zip(answers, questions))
-    return Score(tuple(p is not None and p == q.gold for p, q in zip(picks, questions)), picks)
+    return Score(tuple(p is not None and p == q.gold for p, q in zip(picks, questions)), picks,
+                 sum(1 for a in answers if not a.strip()))
 
 
 def chance(questions: Sequence[Question]) -> float | None:
@@ -180,7 +182,8 @@ def _pct(k: int, n: int) -> str:
 def _picks(s: Score) -> str:
     """What the answers committed to, commonest first; notes a student that gives nearly everyone one answer."""
     counts = Counter("unreadable" if p is None else p for p in s.picks)
-    text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    text = ", ".join(f"{k} {v}" + (f" ({s.empty} of them empty)" if k == "unreadable" and s.empty else "")
+                     for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     top = Counter(p for p in s.picks if p is not None).most_common(1)
     if top and s.n >= 5 and top[0][1] >= 0.8 * s.n:
         text += f" (the same answer, {top[0][0]}, to {top[0][1]} of {s.n} questions)"
@@ -198,7 +201,8 @@ def baseline_lines(questions: Sequence[Question]) -> list[str]:
     if c is None or one is None:
         return ["chance: these questions want numbers, which a guess almost never hits"]
     sizes = {len(q.offered) for q in questions}
-    what = f"{sizes.pop()}-option questions" if len(sizes) == 1 else "these questions (a guess among each one's options)"
+    what = (f"{sizes.pop()}-option questions" if len(sizes) == 1
+            else "these questions (a guess among each one's options)")
     return [f"chance for {what} is {c:.0%}; always answering {one[0]} would score {_pct(one[1], len(questions))}"]
 
 
@@ -220,9 +224,9 @@ def verdict(before: Score, after: Score, steps: int, examples: int) -> str:
     if p < SIGNIFICANCE and a > b:
         return f"training helped on held-out questions: {_pct(b, n)} -> {_pct(a, n)}, {moved} (sign test p={p:.3f})"
     if a < b:
-        head = f"training made the student worse on held-out questions ({_pct(b, n)} -> {_pct(a, n)}, {moved})"
+        head = f"training made the student worse on held-out questions: {_pct(b, n)} -> {_pct(a, n)}, {moved}"
     elif a == b:
-        head = f"training did not improve the student on held-out questions ({_pct(b, n)} both times, {moved})"
+        head = f"training did not improve the student on held-out questions: {_pct(b, n)} both times, {moved}"
     else:
         head = (f"training did not measurably improve the student on held-out questions: {moved} is within "
                 f"chance on {n} questions (sign test p={p:.2f})")
@@ -244,7 +248,7 @@ def report_lines(domain: str, questions: Sequence[Question], before: Score, afte
     lines += baseline_lines(questions)
     one = one_letter_baseline(questions)
     if one is not None and max(before.correct, after.correct) <= one[1]:
-        lines.append(f"neither score beats always answering {one[0]} ({_pct(one[1], n)})")
+        lines.append(f"neither score beats always answering {one[0]}, which gets {_pct(one[1], n)}")
     lines.append(f"answers before: {_picks(before)}; after: {_picks(after)}")
     lines.append(loss_line(losses, batch_size))
     lines.append(verdict(before, after, len(losses), examples))

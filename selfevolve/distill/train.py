@@ -70,19 +70,7 @@ def train(cfg: DistillConfig, student: Student, examples: list[Example], teacher
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, total, cfg)
 
-        # Only positions some row is trained on get logits (position i predicts target i).
-        keep = (b["response_mask"] | (b["step_ids"] >= 0)).any(0).nonzero().squeeze(1)
-        tgt, rmask, sids = b["targets"][:, keep], b["response_mask"][:, keep], b["step_ids"][:, keep]
-        logits, metrics = student(b["input_ids"], b["attention_mask"], keep)
-        teacher_logits = None
-        if teacher is not None:
-            with torch.no_grad():
-                teacher_logits = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                         logits_to_keep=keep).logits
-        l_r = response_loss(logits, tgt, rmask, teacher_logits, cfg.kl_temperature)
-        l_rs = reasoning_loss(logits, tgt, sids) if cfg.lambda_rs else logits.sum() * 0.0
-        l_m = metric_loss(metrics, b["metrics"])
-        loss = total_loss(l_r, l_rs, l_m, cfg.lambda_r, cfg.lambda_rs, cfg.lambda_m)
+        loss, l_r, l_rs, l_m = _losses(cfg, student, teacher, b)
         if not torch.isfinite(loss):
             raise TrainingError(f"loss is {loss.item()} at step {step}")
 
@@ -105,6 +93,23 @@ def train(cfg: DistillConfig, student: Student, examples: list[Example], teacher
                   f"reasoning {hist['reasoning'][-1]:.4f}, metric {hist['metric'][-1]:.4f})", flush=True)
     student.eval()
     return {**hist, "steps": total, "examples": len(examples), "wall_s": time.perf_counter() - t0}
+
+
+def _losses(cfg: DistillConfig, student: Student, teacher: nn.Module | None, b: dict) -> tuple:
+    """(total, response, reasoning, metric) losses of one collated batch."""
+    # Only positions some row is trained on get logits (position i predicts target i).
+    keep = (b["response_mask"] | (b["step_ids"] >= 0)).any(0).nonzero().squeeze(1)
+    tgt, rmask, sids = b["targets"][:, keep], b["response_mask"][:, keep], b["step_ids"][:, keep]
+    logits, metrics = student(b["input_ids"], b["attention_mask"], keep)
+    teacher_logits = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                     logits_to_keep=keep).logits
+    l_r = response_loss(logits, tgt, rmask, teacher_logits, cfg.kl_temperature)
+    l_rs = reasoning_loss(logits, tgt, sids) if cfg.lambda_rs else logits.sum() * 0.0
+    l_m = metric_loss(metrics, b["metrics"])
+    return total_loss(l_r, l_rs, l_m, cfg.lambda_r, cfg.lambda_rs, cfg.lambda_m), l_r, l_rs, l_m
 
 
 def save_checkpoint(path: Path, student: Student, cfg: DistillConfig) -> Path:

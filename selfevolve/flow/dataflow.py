@@ -28,7 +28,7 @@ from selfevolve.flow.learning import HistoryFold
 from selfevolve.flow.router import RouterFold
 from selfevolve.flow.scorer import ScorerFold
 from selfevolve.models.catalogue import Catalogue
-from selfevolve.routing.embed import DIM
+from selfevolve.routing.embed import embedding_dim
 from selfevolve.routing.history import History
 
 SERVE, HISTORY = "serve", "history"
@@ -89,18 +89,19 @@ class Flow:
 
 
 def build(settings: Settings, catalogue: Catalogue, embedder: Any = None, *,
-          roles: Sequence[str] = (SERVE, HISTORY), dim: int = DIM, router_options: dict | None = None,
+          roles: Sequence[str] = (SERVE, HISTORY), dim: int | None = None, router_options: dict | None = None,
           codec: Any = None) -> Flow:
     """The folds of `roles`, in GRAPH order. `embedder` has `encode(texts)` or is a function texts -> vectors
-    (`dim` wide); `router_options` are Router keywords beyond Settings (the benchmarks' ablations:
-    use_similarity, cascade); `codec`, if given, makes the scorer prove each output encodable."""
+    (`dim` wide; by default the width of settings.embedder's vectors); `router_options` are Router keywords
+    beyond Settings (the benchmarks' ablations: use_similarity, cascade); `codec`, if given, makes the scorer
+    prove each output encodable."""
     if embedder is not None and not hasattr(embedder, "encode"):
         embedder = Encoder(embedder)
     folds: list[Any] = []
     states: dict[str, Any] = {}
     history = None
     if SERVE in roles:
-        history_fold = HistoryFold(dim)
+        history_fold = HistoryFold(embedding_dim(settings) if dim is None else dim)
         history = history_fold.initialize()
         router = RouterFold(settings, catalogue, history, embedder)
         if router_options:

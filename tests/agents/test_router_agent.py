@@ -68,8 +68,10 @@ def test_only_the_serve_role_reads_or_writes_the_routing_history(tmp_path):
     from streams.app import create_app
 
     settings = Settings(home=tmp_path, topic_prefix="roles.")
-    saved = History()
-    saved.add(np.ones(384, np.float32), Record("q1"))
+    from selfevolve.routing.embed import embedding_dim
+
+    saved = History(dim=embedding_dim(settings))
+    saved.add(np.ones(saved.dim, np.float32), Record("q1"))
     saved.save(tmp_path / "history")
     _, serve = create_app(settings, modules=(), role="serve")
     _, history = create_app(settings, modules=(), role="history")

@@ -143,7 +143,7 @@ def test_feedback_comes_only_from_the_tenant_that_owns_the_query(harness):
     t = h.rt.topics
     serve = h.rt.serving()
     for tenant in ("a", "b"):
-        serve.history.add(np.ones(384, np.float32), Record("qa" if tenant == "a" else "qb", tenant=tenant,
+        serve.history.add(np.ones(serve.history.dim, np.float32), Record("qa" if tenant == "a" else "qb", tenant=tenant,
                                                              costs={"m1": 0.1}, quality={"m1": None}))
 
     def fb(qid, tenant, quality):

@@ -48,7 +48,8 @@ def test_confident_teacher_answers_train_a_student_that_the_backend_hot_loads(tm
     assert sorted(record["query_ids"]) == ["q0", "q1", "q2", "q3"] and record["examples"] == 4
     assert record["prompt_digests"] == [ev.prompt_digest(f"What is {i} + {i}?") for i in range(4)]
     assert len(record["loss"]) == record["steps"] == 3
-    assert ev.loss_trend(record["loss"][::2]) in events[1]["reason"]  # fell / rose / stayed flat, as it was
+    # The event says which way the loss went (fell / rose / stayed flat), as it did.
+    assert ev.loss_trend([record["loss"][0], record["loss"][-1]]) in events[1]["reason"]
 
     backend = LocalBackend(settings)
     spec = cat.get("smollm2-135m")

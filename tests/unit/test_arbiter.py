@@ -1,19 +1,17 @@
 """Arbiter: calls, cascade escalation, fallback on failure, verdict; gold never decides the winner."""
 
-import asyncio
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from selfevolve.scoring import arbiter
-from workers.backends.recorded import ReplayBackend
-from bench.quality import _serve
 from selfevolve.models.catalogue import Catalogue, ModelSpec, Role
 from selfevolve.config import Settings
 from selfevolve.data.routerbench import Dataset, Sample
-from selfevolve.routing.history import History, Record
+from selfevolve.flow import dataflow, driver
+from selfevolve.flow.responders import recorded
+from selfevolve.routing.history import Record
 from selfevolve.routing import HYBRID, PARALLEL, TARGETED, Decision, Router
 
 MC = "Pick.\nA) x\nB) y\nAnswer:"
@@ -193,13 +191,20 @@ def test_permuting_gold_labels_changes_no_decision(answers, gold1, gold2, sim):
     for gold in (gold1, gold2):
         ds = Dataset((Sample("x", "t", "test", MC, answers, {m: 0.001 * (i + 1) for i, m in enumerate(MODELS)},
                              dict(zip(MODELS, gold))),), tuple(MODELS))
-        h = History()
+        # The shipped serve folds through the in-memory driver, gold verdicts posted after delivery.
+        flow = dataflow.build(Settings(cost_lambda=0.1), CAT, lambda texts: np.stack([_at(sim, base)] * len(texts)),
+                              roles=(dataflow.SERVE,), dim=384)
         rng = np.random.default_rng(0)
         for i in range(20):
-            h.add(_at(0.99, base, i + 5), Record(f"p{i}", costs={m: 0.001 for m in MODELS},
-                                                  quality={m: float(rng.random() < 0.7) for m in MODELS}))
-        router = Router(Settings(), CAT, h, cost_lambda=0.1)
-        d, v, _ = asyncio.run(_serve(router, ReplayBackend(ds), CAT, ds.samples[0], _at(sim, base),
-                                     (0.2, 0.5, 0.15, 0.15), h))
-        outcomes.append((d.models, d.escalation, v.winner, v.answer, v.models_called, v.cost))
+            flow.history.add(_at(0.99, base, i + 5), Record(f"p{i}", costs={m: 0.001 for m in MODELS},
+                                                             quality={m: float(rng.random() < 0.7) for m in MODELS}))
+        q = {"query_id": "x", "text": MC, "tenant": "default", "metadata": {"sample_id": "x"}, "ts_ms": 0}
+
+        def verdicts(answer, gold=dict(zip(MODELS, gold))):
+            return [{"query_id": "x", "tenant": "default", "model": m, "quality": gold[m], "source": "gold",
+                     "ts_ms": 1} for m in answer["models_called"]]
+
+        r = driver.replay(flow.driver(recorded(ds, CAT)), [q], verdicts, window=1)
+        d, a = r.of("route_decision")[0], r.of("answer")[0]
+        outcomes.append((d["models"], d["plan"], a["model"], a["answer"], a["models_called"], a["cost_usd"]))
     assert outcomes[0] == outcomes[1]

@@ -136,16 +136,17 @@ def test_report_gives_counts_chance_loss_and_verdict():
     assert "12/24 (50%) before, 11/24 (46%) after" in lines[0]
     assert "chance for 2-option questions is 50%; always answering B would score 14/24 (58%)" in text
     assert "0.627 0.700 0.750 0.790; it rose (0.627 -> 0.790" in text
-    assert "neither score beats always answering B (14/24 (58%))" in text
+    assert "neither score beats always answering B, which gets 14/24 (58%)" in text
     assert "training made the student worse" in lines[-1] and "fewer than" not in text
 
 
 def test_report_names_a_student_that_gives_one_answer_to_nearly_every_question():
     qs = [q(g, qid=f"q{i}") for i, g in enumerate("AAABBBBBBB")]
-    b, a = ev.score(list("AAABBBBBBB"), qs), ev.score(["B"] * 9 + ["x"], qs)
+    b, a = ev.score(list("AAABBBBBBB"), qs), ev.score(["B"] * 8 + ["x", " "], qs)
     lines = ev.report_lines("0", qs, b, a, [0.5, 0.4], 4, 20)
     picks = next(x for x in lines if x.startswith("answers before"))
-    assert picks == "answers before: B 7, A 3; after: B 9, unreadable 1 (the same answer, B, to 9 of 10 questions)"
+    assert picks == ("answers before: B 7, A 3; after: B 8, unreadable 2 (1 of them empty) "
+                     "(the same answer, B, to 8 of 10 questions)")
     assert not any(x.startswith("neither score") for x in lines)  # 10/10 before beats always-B's 7/10
 
 

@@ -19,14 +19,14 @@ def _verdict(qid: str = "q1", called=("a", "b"), winner: str | None = None) -> a
                            {m: 0.001 * (i + 1) for i, m in enumerate(called)})
 
 
-def _vector(seed: int = 0) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal(384).astype(np.float32)
+def _vector(seed: int = 0, dim: int = 384) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
     return v / np.linalg.norm(v)
 
 
 def delivery(qid: str = "q1", tenant: str = "t", called=("a", "b"), winner: str | None = None, seed: int = 0,
-             source: str = "p.queries:0:0") -> Event:
-    d = Delivery(_vector(seed), _verdict(qid, called, winner), tenant, ts_ms=77, source=source)
+             source: str = "p.queries:0:0", dim: int = 384) -> Event:
+    d = Delivery(_vector(seed, dim), _verdict(qid, called, winner), tenant, ts_ms=77, source=source)
     return Event("delivery", {"query_id": qid, "tenant": tenant}, payload=d)
 
 
@@ -117,7 +117,7 @@ def test_an_out_of_the_scorer_is_applied_through_the_serve_state(tmp_path):
     from streams.runtime import ServeState
 
     serve = ServeState.build(Settings(home=tmp_path), None)
-    event = delivery()
+    event = delivery(dim=serve.history.dim)
     serve.deliver(Out("delivery", event.record, "t/q1", payload=event.payload))
     assert serve.known("q1", "t") is not None and serve.known("q1", "u") is None
     serve.learn(feedback(model="b", quality=0.0))

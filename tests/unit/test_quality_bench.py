@@ -32,7 +32,11 @@ def _write(path, task, split, n, rng):
 
 @pytest.mark.slow
 def test_bench_writes_json_and_plot(tmp_path, monkeypatch):
-    monkeypatch.setenv("SELFEVOLVE_CACHE_DIR", str(tmp_path / "cache"))
+    from selfevolve.routing import embed_cache
+
+    # The real embedder (settings.embedder, built under the cache dir by `make embeddings`); its vectors of
+    # these prompts are cached here, not in the project's cache.
+    monkeypatch.setattr(embed_cache, "cache_path", lambda settings: tmp_path / "cache" / "vectors.npz")
     data = tmp_path / "data"
     data.mkdir()
     rng = random.Random(0)

@@ -15,7 +15,12 @@ def test_every_shipped_result_renders_with_its_headline_numbers():
     q = json.loads((RESULTS / "quality.json").read_text())
     assert f"{q['system']['accuracy']:.3f}" in out and f"{q['system']['cost_ratio']:.3f}" in out
     t = json.loads((RESULTS / "throughput.json").read_text())
-    assert f"{t['qps']:.1f}" in out
+    rows = [line for line in out.split("### Throughput", 1)[1].splitlines() if line.startswith("| ")][1:]
+    assert "every text distinct" in rows[0] and f"**{t['distinct']['qps']:.1f}**" in rows[0]  # quoted first
+    assert t["qps"] == t["distinct"]["qps"] and t["distinct"]["workers"]["serve"] == 1
+    assert [p["repeat_rate"] for p in t["repeat_curve"]] == [0.0, 0.5, 0.95]
+    assert all(p["qps"] is None and "not implemented" in p["why"] for p in t["scaling"] if p["serve_workers"] > 1)
+    assert {"offered_qps", "p50_ms", "p99_ms"} <= set(t["sustained"]) and "embedder" in t
 
 
 def test_missing_results_render_nothing(tmp_path):
