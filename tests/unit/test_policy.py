@@ -345,3 +345,14 @@ def test_cost_falls_as_lambda_rises_on_a_fixed_history(pool, seed, sim, lams):
             assert b.expected_total <= a.expected_total + 1e-12
             if a.escalation and b.escalation and a.escalation == b.escalation:
                 assert b.escalate_below <= a.escalate_below + 1e-12  # a dearer λ escalates less readily
+
+
+def test_escalation_goes_up_the_hierarchy_even_when_a_cheap_model_looks_better():
+    """The supervisor is called on the hardest queries, so its estimate can sink below a cheap model's:
+    the cheap model answers, and the supervisor stays behind it as the escalation."""
+    _, h = _pool_history(TWO, {"cheap": 0.97, "sup": 0.85}, n=200)
+    base = np.zeros(384, dtype=np.float32)
+    base[0] = 1
+    d = Router(Settings(), TWO, h, cost_lambda=0.1).route(RouteQuery("q", "t", vector=_at(HYBRID_SIM, base)))
+    assert d.estimates["cheap"] > d.estimates["sup"]
+    assert d.models == ("cheap",) and d.escalation == (("sup",),)
