@@ -64,8 +64,6 @@ def register(app, rt) -> None:
 
     @app.agent(rt.topic(rt.topics.scores), name="evolution")
     async def evolution(stream):
-        await rt.recovered.wait()  # promote on the hierarchy the model-events topic holds
-
         async def fold(score, at) -> None:
             d = str(score["domain"])
             outs, stats_part, gaps_part = host.score(score, stats_table.get(d), gaps_table.get(d), at)

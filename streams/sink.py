@@ -99,7 +99,6 @@ async def run_sink(rt, store, stop: asyncio.Event | None = None, learner=None) -
     from streams.kafka_io import committing_consumer
 
     s = rt.settings
-    await rt.recovered.wait()  # the meta-learner's θ comes from the strategy topic first
     if learner is not None:
         learner.restore(await asyncio.to_thread(learner.read, store))
     state = batching.initialize()

@@ -79,15 +79,18 @@ def _bad_string(rng: random.Random) -> str:
 
 def _hostile_value(field: dict, value, rng: random.Random):
     typ = field["type"]
-    if isinstance(typ, list):
-        return rng.choice((None, _bad_string(rng)))
+    if isinstance(typ, list):  # a nullable field: null, or a hostile value of its other branch
+        branch = next(t for t in typ if t != "null")
+        return None if rng.random() < 0.5 else _hostile_value({"type": branch}, value, rng)
     if isinstance(typ, dict):
         if typ.get("type") == "array":
             return rng.choice(([], ["no-such-model"], ["", "\x00"], [MODELS[0]] * 50))
         return rng.choice(({"": ""}, {"k\x00": _bad_string(rng)}, {f"k{j}": "v" for j in range(1000)}))
     return {"string": lambda: _bad_string(rng), "double": lambda: rng.choice(BAD_DOUBLES),
             "int": lambda: rng.choice(BAD_INTS), "long": lambda: rng.choice(BAD_LONGS),
-            "boolean": lambda: not value, "bytes": lambda: b"\x00" * 1000}[typ]()
+            "boolean": lambda: not value,
+            # bytes: a vector of the wrong length, or one of NaNs
+            "bytes": lambda: rng.choice((b"\x00" * 1001, b"\xff\xff\xff\x7f" * 256))}[typ]()
 
 
 def hostile(codec: Codec, kind: str, record: dict, rng: random.Random) -> bytes:
