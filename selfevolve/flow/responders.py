@@ -29,7 +29,7 @@ NEVER_CALLED = "no recorded response: the recorded run never called this model f
 
 
 def estimate_tokens(text: str) -> int:
-    """About 4 characters per token (OpenAI's rule), as workers/backends/base.py estimates them."""
+    """Rough token count when no tokenizer is at hand: about 4 characters per token (OpenAI's rule); the backends use it too."""
     return (len(text) + 3) // 4
 
 

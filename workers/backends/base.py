@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from selfevolve.flow.responders import estimate_tokens  # noqa: F401 - one rule for backends and the driver
 from selfevolve.models.catalogue import ModelSpec
 
 
@@ -27,8 +28,3 @@ class Backend(Protocol):
     async def complete(
         self, spec: ModelSpec, prompt: str, *, query_id: str = "", metadata: dict[str, str] | None = None
     ) -> Completion: ...
-
-
-def estimate_tokens(text: str) -> int:
-    """Rough token count when no tokenizer is at hand: about 4 characters per token for English (OpenAI's rule)."""
-    return (len(text) + 3) // 4
