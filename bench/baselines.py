@@ -25,6 +25,29 @@ def _best(samples, models, lam: float = 0.0, ref: float = 1.0) -> str:
     return max(models, key=lambda m: (util(m), m))
 
 
+def _knn(train, test, models, train_vecs, test_vecs, lam: float, k: int, sup_cost: float) -> tuple[float, float]:
+    """kNN with a cost term, fitted offline on the train split's labels (all models' verdicts on every train
+    query: information an online router never has): per test query the model of best mean verdict minus
+    λ·mean cost/supervisor's mean cost over its k nearest train queries."""
+    correct = np.array([[s.correct.get(m, 0.0) for m in models] for s in train])
+    costs = np.array([[s.costs.get(m, 0.0) for m in models] for s in train])
+    choice = []
+    for v in test_vecs:
+        idx, _ = topk(train_vecs @ v, k)
+        u = correct[idx].mean(0) - lam * costs[idx].mean(0) / sup_cost
+        choice.append(models[int(np.argmax(u))])
+    return _score(test, lambda i, s: choice[i])
+
+
+def knn_curve(train, test, models, supervisor: str, train_vecs, test_vecs, lambdas,
+              k: int = 20) -> list[tuple[float, tuple[float, float]]]:
+    """(λ, (accuracy, USD)) of the kNN-with-cost baseline at each λ (none without a train split)."""
+    if not train or train_vecs is None:
+        return []
+    sup_cost = np.mean([s.costs.get(supervisor, 0.0) for s in train]) or 1.0
+    return [(lam, _knn(train, test, models, train_vecs, test_vecs, lam, k, sup_cost)) for lam in lambdas]
+
+
 def baselines(train, test, models, supervisor: str, train_vecs, test_vecs, seed: int,
               lam: float, k: int = 20) -> dict[str, tuple[float, float]]:
     """name -> (accuracy, USD) on the test samples. Choices use train labels only (never test gold)."""
@@ -41,15 +64,8 @@ def baselines(train, test, models, supervisor: str, train_vecs, test_vecs, seed:
     out["static_per_task"] = _score(test, lambda i, s: static.get(s.task, best))
     sup_cost = np.mean([s.costs.get(supervisor, 0.0) for s in fit]) or 1.0
     if train and train_vecs is not None:
-        correct = np.array([[s.correct.get(m, 0.0) for m in models] for s in train])
-        costs = np.array([[s.costs.get(m, 0.0) for m in models] for s in train])
         for name, lam_k in (("knn", 0.0), ("knn_cost_aware", lam)):
-            choice = []
-            for v in test_vecs:
-                idx, _ = topk(train_vecs @ v, k)
-                u = correct[idx].mean(0) - lam_k * costs[idx].mean(0) / sup_cost
-                choice.append(models[int(np.argmax(u))])
-            out[name] = _score(test, lambda i, s, c=choice: c[i])
+            out[name] = _knn(train, test, models, train_vecs, test_vecs, lam_k, k, sup_cost)
     right, usd = 0, 0.0
     for s in test:
         ok = [s.costs.get(m, 0.0) for m in models if s.correct.get(m, 0.0) >= 1.0]

@@ -1,4 +1,4 @@
-"""Cost-quality plot of the quality benchmark: the system's λ curve and every baseline as a point."""
+"""Cost-quality plots of the quality benchmark: the system's λ curve and every baseline as a point (per pool)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ def plot_quality(result: dict, path: Path) -> None:
     matplotlib.use("Agg")  # files only, never a display
     import matplotlib.pyplot as plt
 
+    if result.get("pools"):
+        _plot_pools(plt, result["pools"], path)
+        return
     fig, ax = plt.subplots(figsize=(9.5, 5))
     curve = sorted(result["curve"], key=lambda p: p["cost_ratio"])
     ax.plot([p["cost_ratio"] for p in curve], [p["accuracy"] for p in curve], "o-", color="C0",
@@ -31,6 +34,42 @@ def plot_quality(result: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_pools(plt, pools: dict, path: Path) -> None:
+    """One panel per model pool: the λ curve, the quality-target run, the kNN-with-cost curve, the baselines."""
+    fig, axes = plt.subplots(1, len(pools), figsize=(5.2 * len(pools), 4.6), squeeze=False)
+    for ax, (name, p) in zip(axes[0], pools.items()):
+        sup = p["baselines"]["supervisor_only"]["accuracy"] or 1.0
+        curve = sorted(p["curve"], key=lambda c: c["cost_ratio"])
+        ax.plot([c["cost_ratio"] for c in curve], [c["accuracy"] / sup for c in curve], "o-", color="C0",
+                label="selfevolve (λ sweep)")
+        for c in curve:
+            ax.annotate(f"λ={c['lambda']:g}", (c["cost_ratio"], c["accuracy"] / sup), fontsize=6,
+                        textcoords="offset points", xytext=(3, -7))
+        knn = sorted(p.get("knn_curve") or [], key=lambda c: c["cost_ratio"])
+        if knn:
+            ax.plot([c["cost_ratio"] for c in knn], [c["accuracy"] / sup for c in knn], "x--", color="C7",
+                    label="kNN + cost, offline on train labels")
+        t = p["target"]
+        ax.plot([t["cost_ratio"]], [t["achieved"]], "*", ms=14, color="C3",
+                label=f"quality target {t['target']:g} (λ settles at {t['cost_lambda']:.2g})")
+        ax.axhline(t["target"], color="C3", ls=":", lw=1)
+        for i, (k, b) in enumerate(sorted(p["baselines"].items())):
+            if k.startswith("ablation"):
+                continue
+            ax.plot([b["cost_ratio"]], [b["accuracy"] / sup], "s", ms=5, color=f"C{(i + 4) % 10}",
+                    label=k.replace("_", " "))
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_xlabel("cost relative to supervisor-only")
+        ax.set_ylabel("accuracy relative to the supervisor")
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

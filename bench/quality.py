@@ -126,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-warmup", action="store_true", help="skip replaying *_train.csv first")
     p.add_argument("--warmup", type=int, default=None, help="replay only the first N (shuffled) train rows")
     p.add_argument("--limit", type=int, default=None, help="stream only the first N (shuffled) test rows")
+    p.add_argument("--pools", action="store_true",
+                   help="also run each model pool of bench/quality_pools.py (curve, quality target, baselines)")
+    p.add_argument("--pool-lambdas", type=float, nargs="*", default=None, help="the pools' λ curve")
+    p.add_argument("--target", type=float, default=None, help="the pools' quality target (default 0.95)")
+    p.add_argument("--jobs", type=int, default=0, help="worker processes for the other pools (0: in turn)")
     p.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
     return p
 
@@ -169,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     b = _bench(a, settings, ds, phased, train, test, models, supervisor)
     sup_usd = sum(s.costs.get(supervisor, 0.0) for s in test)
     sup_train_usd = sum(s.costs.get(supervisor, 0.0) for s in train) or 1.0
+    started = None
+    if a.pools and not a.quick:
+        from bench import quality_pools
+
+        a.pool_lambdas = quality_pools.LAMBDAS if a.pool_lambdas is None else a.pool_lambdas
+        a.target = quality_pools.TARGET if a.target is None else a.target
+        started = quality_pools.start(a)  # the other pools run while the headline's does
     head = online(b, a.lam)
     result = {"data": str(a.data), "citation": CITATION, "supervisor": supervisor, "seed": a.seed, "lambda": a.lam,
               "theta_high": b.settings.theta_high, "theta_low": b.settings.theta_low,
@@ -187,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
               f"warm-up {result['warmup']['cost_ratio']:.3f}", f"{time.perf_counter() - t0:.1f}s")
         return 0
     _compare(a, b, result, head, train, test, models, supervisor, sup_usd, sup_train_usd)
+    if started is not None:
+        result["pools"] = quality_pools.finish(a, b, result, sup_usd, started, train, test)
     result["seconds"] = time.perf_counter() - t0
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2))

@@ -15,8 +15,12 @@ def _load(results: Path, name: str) -> dict | None:
 def quality(q: dict) -> list[str]:
     sup = q["baselines"]["supervisor_only"]["accuracy"]
     s, w = q["system"], q["warmup"]
+    lams = " ".join(f"{c['lambda']:g}" for c in q["curve"])
+    others = [p for p in (q.get("pools") or {}).values() if p["curve"] != q["curve"]]
+    pools_arg = (" --pools --pool-lambdas " + " ".join(f"{c['lambda']:g}" for c in others[0]["curve"])
+                 if others else " --pools" if q.get("pools") else "")
     out = ["### Routing quality (`bench/results/quality.json`, `quality.png`)", "",
-           "`selfevolve bench quality --data ../shared/data/routerbench-0shot --lambdas 0 0.02 0.05 0.1 0.2 0.5`: "
+           f"`selfevolve bench quality --data ../shared/data/routerbench-0shot --lambdas {lams}{pools_arg}`: "
            f"{s['queries']} test queries, seed {q['seed']}, λ={q['lambda']}, θh={q['theta_high']}, θl={q['theta_low']}; "
            f"the warm-up on {w['queries']} train queries is paid for: ${w['cost_usd']:.2f}, "
            f"{w['cost_ratio']:.3f} of the supervisor's cost on train.", "",
@@ -29,6 +33,41 @@ def quality(q: dict) -> list[str]:
             f"Strategy mix {s['strategies']}, escalation rate {s['escalation_rate']:.3f}, calibration error (ECE) "
             f"{s['ece_winner_confidence']:.3f} for the winner's confidence and {s['ece_model_confidence']:.3f} "
             "for the per-model estimates."]
+    return out + pools(q.get("pools") or {})
+
+
+def _pt(p: dict | None) -> str:
+    return "none" if p is None else f"{p['accuracy_vs_supervisor']:.1%} at {p['cost_ratio']:.3f} (λ={p['lambda']:g})"
+
+
+def _best_under(curve: list[dict], cost: float) -> dict | None:
+    ok = [c for c in curve if c["cost_ratio"] <= cost]
+    return max(ok, key=lambda c: (c["accuracy_vs_supervisor"] or 0.0, -c["cost_ratio"])) if ok else None
+
+
+def pools(ps: dict) -> list[str]:
+    """One row per model pool (`--pools`): its curve at the goals' costs, the quality-target run, kNN."""
+    if not ps:
+        return []
+    t0 = next(iter(ps.values()))["target"]
+    out = ["", f"Model pools (`--pools`; quality target {t0['target']:g}, audit rate {t0['audit_rate']:g}): of the "
+           "supervisor's accuracy. \"achieved\" is measured on the test half against gold after the fact (95% "
+           "bootstrap); \"estimate\" is the system's own online estimate at the end with its 95% interval, from "
+           "feedback and audits only; the target run's cost includes its audits.", "",
+           "| pool | test queries | best at ≤ 0.10 | best at ≤ 0.30 | best at ≤ 0.50 | target: achieved [95%] | "
+           "estimate [95%] | target cost (λ, audits) | cheapest curve point ≥ target | kNN + cost, best at ≤ 0.50 |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, p in ps.items():
+        t, c = p["target"], p["curve"]
+        lo, hi = t["achieved_interval"]
+        out.append(f"| {name} | {p['queries']} | {_pt(_best_under(c, 0.10))} | {_pt(_best_under(c, 0.30))} | "
+                   f"{_pt(_best_under(c, 0.50))} | {t['achieved']:.1%} [{lo:.1%}, {hi:.1%}] | "
+                   f"{t['estimate']:.1%} [{t['interval'][0]:.1%}, {t['interval'][1]:.1%}] | {t['cost_ratio']:.3f} "
+                   f"(λ={t['cost_lambda']:.3g}, {t['audits']}) | {_pt(t['cheapest_curve_point'])} | "
+                   f"{_pt(_best_under(p.get('knn_curve') or [], 0.50))} |")
+    for name, p in ps.items():
+        out += ["", f"{name} λ curve: " + "; ".join(f"λ={c['lambda']:g}: {c['accuracy_vs_supervisor']:.1%} at "
+                                                     f"{c['cost_ratio']:.3f}" for c in p["curve"]) + "."]
     return out
 
 
@@ -71,6 +110,10 @@ def throughput(t: dict) -> list[str]:
            f"{s.get('router_p50_ms') or 0:.2f} ms |",
            f"| queries per second by repeat rate (a repeat: an earlier query's exact text) | {curve} |",
            *_cpu_row(d)]
+    measured = [p for p in t["scaling"] if p["qps"] is not None]
+    if len(measured) > 1:  # one consumer group, distinct texts; what limits it: the JSON's scaling_limit
+        out += ["| queries per second by serve workers, distinct texts | " + "; ".join(
+            f"{p['serve_workers']}: {p['qps']:.1f} q/s" for p in measured) + " |"]
     out += [f"| {p['serve_workers']} serve workers | {p['why'].split('. ')[0]} |"
             for p in t["scaling"] if p["qps"] is None]
     out += [f"| baseline: bare produce-to-consume on the same broker | "
@@ -132,10 +175,25 @@ def distill(d: dict) -> list[str]:
     return out
 
 
+def answer_cache(c: dict) -> list[str]:
+    w, on, off = c["workload"], c["cache_on"], c["cache_off"]
+    sparse, sparse_off = c["cache_on_feedback_20pct"], c["cache_off_feedback_20pct"]
+    out = ["### Answer cache (`bench/results/answer_cache.json`)", "",
+           f"`selfevolve bench answer-cache`: {w['queries']} queries of {w['data']} (test split), {w['repeats']} of "
+           f"them exact repeats of an earlier query's text (repeat rate {w['repeat_rate']}), TTL {w['ttl_s']:.0f} s; "
+           "the same stream with the cache off in the same command.", "",
+           "| run | hit rate | accuracy of cached answers | accuracy of all answers | cost (USD) |", "|---|---|---|---|---|"]
+    for name, r in (("cache on, a verdict on every answer", on), ("cache off, a verdict on every answer", off),
+                    ("cache on, verdicts on 20% of answers", sparse), ("cache off, verdicts on 20% of answers", sparse_off)):
+        cached = "n/a" if r["accuracy_cached"] is None else f"{r['accuracy_cached']:.3f}"
+        out.append(f"| {name} | {r['hit_rate']:.1%} | {cached} | {r['accuracy']:.3f} | {r['cost_usd']:.4f} |")
+    return out + ["", f"Cost with the cache, verdicts on every answer: {c['cost_ratio']:.3f} of the cache-off run."]
+
+
 def render(results: Path) -> str:
     lines: list[str] = []
-    for name, fn in (("quality", quality), ("throughput", throughput), ("evolution", evolution),
-                     ("distill", distill)):
+    for name, fn in (("quality", quality), ("throughput", throughput), ("answer_cache", answer_cache),
+                     ("evolution", evolution), ("distill", distill)):
         data = _load(results, name)
         if data is not None:
             lines += fn(data) + [""]

@@ -12,7 +12,8 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from selfevolve.config import Settings
@@ -22,6 +23,7 @@ from selfevolve.wire.topics import Topics
 from streams.kafka_io import producer, tail_consumer
 
 PER_MILLE = 1000  # repeat rates are whole per-mille, so the repeat count of any prefix is exact
+CACHED = "cached"  # the strategy of an answer the answer cache gave (no model called)
 
 
 def percentile(xs: Sequence[float], q: float) -> float | None:
@@ -93,6 +95,8 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     decision_ms: list[float] = field(default_factory=list)
     behind_ms: list[float] = field(default_factory=list)  # paced only: how late each send left
+    strategies: Counter = field(default_factory=Counter)  # answers by routing strategy ("cached": the answer cache)
+    graded: list[tuple[str, str, str]] = field(default_factory=list)  # (strategy, model, sample_id) per answer
 
     def as_dict(self) -> dict:
         lat = self.latencies_ms
@@ -103,7 +107,25 @@ class LoadResult:
             out.update(router_p50_ms=percentile(self.decision_ms, 50), router_p99_ms=percentile(self.decision_ms, 99))
         if self.behind_ms:
             out.update(send_behind_p99_ms=percentile(self.behind_ms, 99), send_behind_max_ms=max(self.behind_ms))
+        if self.strategies:
+            out.update(strategies=dict(self.strategies),
+                       answer_cache_hit_rate=self.strategies.get(CACHED, 0) / max(1, sum(self.strategies.values())))
         return out
+
+
+def cache_accuracy(graded: Sequence[tuple[str, str, str]], gold: Mapping[str, Mapping[str, float]]) -> dict:
+    """Accuracy of the answers the answer cache gave and of the others, by the recorded correctness of the
+    answering model on the query's sample (RouterBench); None where there are none."""
+    def acc(rows):
+        scores = [gold[sid][model] for _, model, sid in rows if sid in gold and model in gold[sid]]
+        return {"answers": len(rows), "accuracy": sum(scores) / len(scores) if scores else None}
+
+    cached = [g for g in graded if g[0] == CACHED]
+    fresh = [g for g in graded if g[0] != CACHED]
+    # The fair comparison: fresh answers to the samples the cache answered too (repeats are drawn from the
+    # run's first texts, so their mix of tasks differs from the fresh answers' as a whole).
+    same = {sid for _, _, sid in cached}
+    return {"cached": acc(cached), "fresh": acc(fresh), "fresh_same_samples": acc([g for g in fresh if g[2] in same])}
 
 
 class Load:
@@ -114,6 +136,7 @@ class Load:
         self.codec = Codec.from_dir()
         self.topics = Topics.from_settings(settings)
         self.sent: dict[str, float] = {}
+        self.sample_of: dict[str, str] = {}
         self.done: set[str] = set()
         self.result = LoadResult()
         self.wake = asyncio.Event()
@@ -143,6 +166,7 @@ class Load:
         now = time.perf_counter()
         self.first = self.first or now
         self.sent[qid] = now
+        self.sample_of[qid] = sample_id
         self.result.sent += 1
         await self.prod.send(self.topics.queries, key=query_key(self.tenant, qid).encode(), value=value)
 
@@ -151,7 +175,8 @@ class Load:
             for msgs in (await self.answers.getmany(timeout_ms=100)).values():
                 now = time.perf_counter()
                 for m in msgs:
-                    qid = self.codec.decode("answer", m.value)["query_id"]
+                    answer = self.codec.decode("answer", m.value)
+                    qid = answer["query_id"]
                     if qid not in self.sent:
                         continue
                     if qid in self.done:
@@ -159,6 +184,8 @@ class Load:
                         continue
                     self.done.add(qid)
                     self.result.latencies_ms.append((now - self.sent[qid]) * 1000)
+                    self.result.strategies[answer["strategy"]] += 1
+                    self.result.graded.append((answer["strategy"], answer["model"], self.sample_of[qid]))
                     self.last = now
                 self.wake.set()
             if self.decisions is not None:
@@ -194,7 +221,7 @@ def _ids(texts: Iterator[tuple[str, str, bool]], run: str) -> Iterator[tuple[str
 
 
 async def saturate(settings: Settings, texts: Iterator[tuple[str, str, bool]], run: str, seconds: float,
-                   window: int, drain_s: float = 600.0) -> dict:
+                   window: int, drain_s: float = 600.0, gold: Mapping | None = None) -> dict:
     """Keep `window` queries in flight for `seconds` (as many queries as that takes), then wait for the rest:
     the stack's maximum rate on this traffic, without a backlog that grows for the whole run."""
     async with Load(settings) as load:
@@ -211,7 +238,9 @@ async def saturate(settings: Settings, texts: Iterator[tuple[str, str, bool]], r
                 await load.send(*next(queries))
                 if load.result.sent % 64 == 0:
                     await asyncio.sleep(0)  # let the reader in
-        return {**(await load.drain(drain_s)).as_dict(), "window": window}
+        result = await load.drain(drain_s)
+        graded = {"answer_cache": cache_accuracy(result.graded, gold)} if gold is not None else {}
+        return {**result.as_dict(), "window": window, **graded}
 
 
 async def paced(settings: Settings, texts: Iterator[tuple[str, str, bool]], run: str, rate: float,

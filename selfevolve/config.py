@@ -78,13 +78,27 @@ class Settings(BaseSettings):
     scorer_done_keep: int = 200_000  # answered-query markers the scorer keeps (memory and restore time)
     # Each stream worker role serves /ready (and the history role /stats) on its own port.
     web_port: int = 16066
-    history_web_port: int = 16067
+    history_web_port: int = 16065
     # `selfevolve up`'s supervisor restarts a worker that dies after a delay doubling from backoff_s to
     # backoff_max_s; a worker up for stable_s counts as healthy again (the delay starts over).
     supervisor_backoff_s: float = 1.0
     supervisor_backoff_max_s: float = 60.0
     supervisor_stable_s: float = 60.0
     exactly_once: bool = False
+    # Scale-out (README "Many serve workers"): `selfevolve up` starts serve_workers serve processes in one
+    # consumer group; each is told its index here, which picks its snapshot folder (home/history/<index>)
+    # and its web port (web_port + index). Serve workers on other machines may reuse indexes.
+    serve_workers: int = Field(default=1, ge=1)
+    serve_worker: int = Field(default=0, ge=0)
+    # A serve worker snapshots its replica of the routing history (with the history topic's offset it
+    # reflects) every this many history events, so a restart reads only the topic's tail.
+    history_snapshot_every: int = Field(default=2000, ge=1)
+    # Answer cache (selfevolve/routing/answer_cache.py): an exact repeat of a tenant's query (normalised
+    # text) whose answer drew no verdict below answer_cache_min_quality is answered from it, at no model cost,
+    # for answer_cache_ttl_s of event time; answer_cache_size entries per tenant (0 turns it off).
+    answer_cache_size: int = Field(default=10_000, ge=0)
+    answer_cache_ttl_s: float = Field(default=3600.0, gt=0)
+    answer_cache_min_quality: float = 0.5
 
     # History store: chdb (embedded) unless a ClickHouse URL is given.
     clickhouse_url: str | None = None  # without a password: that goes in clickhouse_password
@@ -103,6 +117,19 @@ class Settings(BaseSettings):
     sql_max_body_bytes: int = 64 * 1024
     sink_flush_seconds: float = 1.0
 
+    # Gateway (streams/gateway.py, `selfevolve gateway`): the OpenAI-compatible HTTP edge. Keys live hashed
+    # in <home>/secrets/gateway_keys.json; a key without its own budget or rate gets these defaults.
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    gateway_timeout_s: float = Field(default=60.0, gt=0)  # waiting for the answer, then 504
+    gateway_budget_usd_day: float = Field(default=10.0, ge=0)  # per key, per UTC day, from the answers topics
+    gateway_rate_per_min: float = Field(default=600.0, gt=0)  # per key, per gateway (token bucket)
+    gateway_max_body_bytes: int = 256 * 1024  # 413 above this
+    # Answers kept in memory for idempotent retries (and read back on start): the last this many seconds.
+    gateway_lookback_s: float = Field(default=86_400.0, gt=0)
+    gateway_recent_answers: int = Field(default=100_000, ge=1)
+    gateway_keys_file: Path | None = None  # None: <home>/secrets/gateway_keys.json (hashes only, 0600)
+
     # Routing.
     theta_high: float = 0.80
     theta_low: float = 0.50
@@ -115,14 +142,21 @@ class Settings(BaseSettings):
     router_explore: float = 0.3
     router_cheap_ratio: float = 0.25
     router_max_parallel: int = 4
+    # A plan calling the top model alone also calls the best model at most this fraction of its price while
+    # that model has few verdicts near the query (its verdict teaches where it suffices); 0 turns it off.
+    router_shadow_ratio: float = Field(default=0.1, ge=0.0)
     # "At least this fraction of the supervisor's quality, as cheaply as possible" (selfevolve/routing/target.py);
     # None: cost_lambda stays where it is set.
     quality_target: float | None = None
+    # With a quality target, this fraction of queries (fixed by a hash of tenant/query id) also calls the
+    # supervisor, whose verdict measures the quality the target is relative to; those calls are paid.
+    quality_audit_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     score_weights: tuple[float, float, float, float] = (0.2, 0.5, 0.15, 0.15)
 
     # Backends.
     backend_timeout_s: float = 30.0
     backend_retries: int = 2
+    backend_backoff_s: float = Field(default=0.5, ge=0)  # before retry k (1, 2, ...): backend_backoff_s * 2**(k-1)
     openai_base_url: str = "http://localhost:8000/v1"
     openai_api_key: SecretStr | None = None
 
@@ -154,6 +188,23 @@ class Settings(BaseSettings):
     # Prompts keep their tail (the question), answers their head; shorter is faster on the CPU.
     distill_max_prompt_tokens: int = 256
     distill_max_answer_tokens: int = 192
+
+    # Metrics (streams/metrics.py): each process serves Prometheus text on http://metrics_host:<port>/metrics,
+    # its port by role: serve worker i on metrics_serve_port + i, model worker i on metrics_model_port + i,
+    # local worker i on metrics_local_port + i; the gateway serves /metrics on its own port. 0.0.0.0 in
+    # containers (docker-compose), loopback otherwise. The history role polls consumer lag every interval.
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_serve_port: int = 16100
+    metrics_history_port: int = 16099
+    metrics_model_port: int = 16120
+    metrics_local_port: int = 16140
+    metrics_trainer_port: int = 16098
+    metrics_lag_interval_s: float = Field(default=15.0, gt=0)
+    # The gateway's live page (streams/dashboard.py): it reads the history store at most once per refresh (every
+    # viewer polls that often) over the last window of event time before the newest answer.
+    dashboard_refresh_s: float = Field(default=5.0, gt=0)
+    dashboard_window_s: float = Field(default=6 * 3600.0, gt=0)
 
     @field_validator("clickhouse_url")
     @classmethod

@@ -11,14 +11,16 @@ from selfevolve.errors import ConfigError
 from streams.kafka_io import faust_credentials, group_id
 from streams.runtime import Runtime
 
-# Two processes, so the stream work uses both cores of a small host (one Python event loop saturated a
-# core at ~110 q/s). `serve` is the answer path and owns the routing history in memory: routing, scoring,
-# feedback. `history` is everything downstream of the answers: the ClickHouse sink and SQL endpoint, the
-# statistics and gap tables, the meta-learner. They share state only through topics: model events and
-# strategy changes made in one reach the other's evolution followers (streams/model_events.py).
+# Two roles, so the stream work uses both cores of a small host (one Python event loop saturated a core at
+# ~110 q/s). `serve` is the answer path: routing, scoring, feedback; any number of serve workers share its
+# consumer groups, each with its own replica of the routing history (streams/history_follow.py). `history`
+# is everything downstream of the answers: the ClickHouse sink and SQL endpoint, the statistics and gap
+# tables, the meta-learner. They share state only through topics: model events and strategy changes made in
+# one reach the other's evolution followers (streams/model_events.py).
 ROLES = {
-    "serve": ("streams.router", "streams.scorer", "streams.feedback", "streams.model_events"),
-    "history": ("streams.sink", "streams.evolution_agent", "streams.model_events"),
+    "serve": ("streams.history_follow", "streams.router", "streams.scorer", "streams.feedback", "streams.model_events",
+              "streams.metrics"),
+    "history": ("streams.sink", "streams.evolution_agent", "streams.model_events", "streams.metrics"),
 }
 
 
@@ -44,7 +46,7 @@ def create_app(settings: Settings, modules: tuple[str, ...] | None = None,
         processing_guarantee="exactly_once" if settings.exactly_once else "at_least_once",
         web_enabled=True,
         web_bind="127.0.0.1",
-        web_port=settings.web_port if role == "serve" else settings.history_web_port,
+        web_port=settings.web_port + settings.serve_worker if role == "serve" else settings.history_web_port,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=4096,
     )
@@ -52,12 +54,31 @@ def create_app(settings: Settings, modules: tuple[str, ...] | None = None,
 
     @app.page("/ready")
     async def ready(web, request):
-        """Ready once this worker owns partitions: before that, produced queries would wait."""
+        """History role: ready once its Faust consumer owns partitions and its tables are rebuilt. A serve
+        worker reads with its own consumers: ready once its evolution followers and its history replica
+        have caught up with the topics (it may own no query partition: more workers than partitions)."""
+        if role == "serve":
+            follower = rt.history_follower
+            replicated = follower is not None and follower.ready.is_set()
+            return web.json({"ready": rt.recovered.is_set() and replicated, "role": role,
+                             "worker": settings.serve_worker, "recovered": rt.recovered.is_set(),
+                             "history_offset": rt.serve.offset if rt.serve is not None else 0})
         assigned = app.consumer.assignment() if app.consumer else set()
-        # Tables must be rebuilt from their changelogs before their state means anything.
         recovered = app.tables.recovery.completed.is_set() and not app.in_recovery
         return web.json({"ready": bool(assigned) and recovered, "role": role, "partitions": len(assigned),
                          "recovered": recovered})
+
+    if role == "serve":
+        @app.page("/replica")
+        async def replica(web, request):
+            """This worker's replica of the routing history: the history offset it has folded to, its size and
+            digest (streams/runtime.py ServeState.digest; replicas at one offset must agree), and how far its
+            evolution followers have read ("topic:partition" -> next offset)."""
+            serve = rt.serve
+            if serve is None:
+                return web.json({"offset": 0, "records": 0, "digest": None, "followed": dict(rt.followed)})
+            return web.json({"offset": serve.offset, "records": len(serve.history), "digest": serve.digest(),
+                             "followed": dict(rt.followed)})
 
     import importlib
 

@@ -53,9 +53,15 @@ class ChangelogTable:
         """What restore() read of a partition, key -> value in the order last written; the table forgets it."""
         return self.data.pop(partition, {})
 
-    async def flush(self, send: Send) -> None:
-        """Write the staged values and wait for the broker to hold all of them."""
-        staged, self.pending = self.pending, {}
+    async def flush(self, send: Send, partitions: set[int] | None = None) -> None:
+        """Write the staged values (of `partitions` only, if given: each task's transaction writes its own)
+        and wait for the broker to hold all of them."""
+        if partitions is None:
+            staged, self.pending = self.pending, {}
+        else:
+            staged = {k: v for k, v in list(self.pending.items()) if k[0] in partitions}
+            for k in staged:
+                self.pending.pop(k, None)
         acks = [await send(self.topic, key.encode(), value, partition) for (partition, key), value in staged.items()]
         for ack in acks:
             await ack

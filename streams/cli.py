@@ -16,7 +16,8 @@ from selfevolve.errors import SelfEvolveError
 def _up(args, settings: Settings) -> int:
     from streams.stack import Stack
 
-    Stack(settings).up(model_workers=args.model_workers, backends=args.backends, live=args.live)
+    Stack(settings).up(model_workers=args.model_workers, backends=args.backends, live=args.live,
+                       serve_workers=args.serve_workers)
     return _status(args, settings)
 
 
@@ -47,6 +48,8 @@ def _status(args, settings: Settings) -> int:
                 extra += f" last_exit={w['last_exit']} at {when}"
             if w.get("held"):
                 extra += " (stopped on purpose)"
+            if w.get("port") is not None:  # a stream worker: its /ready port and its last answer
+                extra += f" port={w['port']} {'ready' if w.get('ready') else 'not ready'}"
         print(f"{name:16} {state:5} {'' if pid in (None, -1) else pid:>8}  {where}{extra}")
     return 0
 
@@ -167,7 +170,7 @@ def _bench(args, settings: Settings) -> int:
 
     # Throughput needs the broker, so it lives with the adapters, not in the pure core.
     where = {"throughput": "bench.throughput", "security": "bench.security"}.get(
-        args.name, f"bench.{args.name}")
+        args.name, f"bench.{args.name.replace('-', '_')}")
     module = importlib.import_module(where)
     return module.main(args.rest)
 
@@ -218,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--model-workers", type=int, default=1)
     up.add_argument("--backends", default="replay")
     up.add_argument("--live", action="store_true", help="also run the distillation trainer and a local-model worker")
+    up.add_argument("--serve-workers", type=int, default=None, metavar="N",
+                    help="serve workers in one consumer group (default: settings.serve_workers); worker i "
+                    "serves /ready on web_port + i")
     up.set_defaults(fn=_up)
     sub.add_parser("down", help="stop the local stack").set_defaults(fn=_down)
     sub.add_parser("status", help="say what runs where").set_defaults(fn=_status)
@@ -243,14 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("--list", action="store_true", help="list the example queries of infra/clickhouse/examples.sql")
     sq.set_defaults(fn=_sql)
     _replay_parsers(sub)
+    from streams.gateway_cli import add_parsers as gateway_parsers
+
+    gateway_parsers(sub)  # `gateway` and `keys` (streams/gateway_cli.py)
     de = sub.add_parser("demo", help="start the embedded stack, replay the shipped workload, summarize")
     # 150 + 150 queries: enough for the router to learn, short enough for a demo on 2 cores.
     de.add_argument("--limit", type=int, default=150, help="test queries (of 300 shipped)")
     de.add_argument("--warmup", type=int, default=150, help="warm-up queries (of 300 shipped)")
     de.add_argument("--no-live", action="store_true", help="skip the live distillation phase")
     de.set_defaults(fn=_demo)
-    be = sub.add_parser("bench", help="benchmarks: quality, evolution, distill, throughput, security")
-    be.add_argument("name", choices=["quality", "evolution", "distill", "throughput", "security"])
+    be = sub.add_parser("bench", help="benchmarks: quality, evolution, distill, throughput, security, gateway, answer-cache")
+    be.add_argument("name", choices=["quality", "evolution", "distill", "throughput", "security", "gateway",
+                                     "answer-cache"])
     be.add_argument("rest", nargs=argparse.REMAINDER)
     be.set_defaults(fn=_bench)
     sub.add_parser("setup-models", help="convert SmolLM2-135M from its GGUF once").set_defaults(fn=_setup_models)

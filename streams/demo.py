@@ -16,9 +16,9 @@ from selfevolve.data.routerbench import load_dir
 from selfevolve.distill import evaluate as ev
 from selfevolve.errors import SelfEvolveError
 from selfevolve.wire.codec import Codec
-from selfevolve.wire.tenancy import query_key
 from selfevolve.wire.topics import Topics
 from streams.kafka_io import producer, tail_consumer
+from streams.produce import call_model
 from streams.stack_replay import replay
 from streams.sqlclient import sql
 from streams.stack import Stack, operator_settings
@@ -272,19 +272,10 @@ async def _served_check(settings: Settings, q: ev.Question, timeout: float) -> N
 
 async def _ask_local(prod, consumer, codec, topics, text: str, tag: str, timeout: float) -> str:
     qid = f"live-{tag}-{int(time.time())}"
-    req = {"request_id": qid, "query_id": qid, "tenant": "demo", "model": "smollm2-135m", "text": text,
-           "strategy": "targeted", "stage": 0, "attempt": 0, "fallback_from": None, "metadata": {},
-           "ts_ms": int(time.time() * 1000)}
-    await prod.send_and_wait(topics.requests_for("local"), key=query_key("demo", qid).encode(),
-                             value=codec.encode("inference_request", req))
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for msgs in (await consumer.getmany(timeout_ms=500)).values():
-            for m in msgs:
-                r = codec.decode("inference_response", m.value)
-                if r["request_id"] == qid:
-                    return r["answer"] if r["ok"] else f"(failed: {r['error']})"
-    raise SelfEvolveError(f"the local worker did not answer within {timeout:.0f}s")
+    r = await call_model(prod, consumer, codec, topics, "local", "demo", "smollm2-135m", qid, text, timeout)
+    if r is None:
+        raise SelfEvolveError(f"the local worker did not answer within {timeout:.0f}s")
+    return r["answer"] if r["ok"] else f"(failed: {r['error']})"
 
 
 async def _wait_version(consumer, codec, timeout: float) -> dict:
@@ -320,6 +311,19 @@ def summary(d: dict, settings: Settings) -> None:
         n = max(p["answers"], 1)
         pr = p["cost_usd"] / p["supervisor_cost_usd"] if p["supervisor_cost_usd"] else float("nan")
         print(f"  {phase:8}          {p['answers']} answers, accuracy {p['correct'] / n:.3f}, cost ratio {pr:.3f}")
+    test = d["by_phase"].get("test")
+    if test and test["supervisor_cost_usd"]:
+        # The savings that count: on the test half, after the warm-up has taught the router (and been paid).
+        pr, n = test["cost_usd"] / test["supervisor_cost_usd"], max(test["answers"], 1)
+        sup = test.get("supervisor_correct")
+        of = f", {test['correct'] / sup:.1%} of the supervisor's" if sup else ""
+        print(f"after the warm-up   test half: accuracy {test['correct'] / n:.3f}{of}, cost {pr:.3f} of "
+              f"supervisor-only ({(1 - pr) * 100:.0f}% saved)")
+    target = settings.quality_target
+    print("quality target      " + (f"{target:g} of the supervisor's quality (audit rate "
+                                    f"{settings.quality_audit_rate:g}; λ starts at {settings.cost_lambda:g} and "
+                                    "moves to meet it)" if target is not None else
+                                    f"none (λ={settings.cost_lambda:g}; SELFEVOLVE_QUALITY_TARGET=0.95 sets one)"))
     print(f"strategy mix        {d['strategies']}")
     print(f"winners             {d['winners']}")
     print(f"fallbacks           {d['fallbacks']}")

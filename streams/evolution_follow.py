@@ -34,19 +34,34 @@ def follow(rt, event: Event) -> None:
         log.info("thresholds θh=%.3f θl=%.3f (%s)", r["theta_high"], r["theta_low"], r.get("reason", ""))
 
 
-async def recover(rt) -> None:
+async def recover(rt, keep_following: bool = False) -> None:
     """Fold the model-events and strategy topics from the start through the followers: a restarted worker
-    keeps evolution. An event a follower refuses is skipped (it was dead-lettered when it first came)."""
-    for topic, kind in ((rt.topics.model_events, "model_event"), (rt.topics.strategy, "strategy")):
-        consumer = await tail_consumer(rt.settings, topic, from_beginning=True)
-        try:
-            end = await consumer.end_offsets(list(consumer.assignment()))
-            while [tp for tp, off in end.items() if await consumer.position(tp) < off]:
-                for msgs in (await consumer.getmany(timeout_ms=500)).values():
+    keeps evolution. An event a follower refuses is skipped (it was dead-lettered when it first came).
+    Sets rt.recovered once what the topics held at start is folded; with keep_following, goes on folding
+    what comes after (a serve worker: every one of them reads every partition, no consumer group)."""
+    consumers = [(await tail_consumer(rt.settings, topic, from_beginning=True), kind)
+                 for topic, kind in ((rt.topics.model_events, "model_event"), (rt.topics.strategy, "strategy"))]
+    try:
+        ends = [await c.end_offsets(list(c.assignment())) for c, _ in consumers]
+        while True:
+            behind = False
+            for (consumer, kind), end in zip(consumers, ends):
+                for msgs in (await consumer.getmany(timeout_ms=100 if keep_following else 500)).values():
                     for m in msgs:
-                        try:
-                            follow(rt, Event(kind, rt.codec.decode(kind, m.value), m.topic, (m.partition, m.offset)))
-                        except Exception as e:  # noqa: BLE001 - a bad historic event must not block start-up
-                            log.warning("skipping %s at %s: %s", kind, m.offset, e)
-        finally:
+                        _apply(rt, kind, m)
+                        rt.followed[f"{m.topic}:{m.partition}"] = m.offset + 1
+                behind = behind or any([await consumer.position(tp) < off for tp, off in end.items()])
+            if not behind:
+                rt.recovered.set()
+                if not keep_following:
+                    return
+    finally:
+        for consumer, _ in consumers:
             await consumer.stop()
+
+
+def _apply(rt, kind: str, m) -> None:
+    try:
+        follow(rt, Event(kind, rt.codec.decode(kind, m.value), m.topic, (m.partition, m.offset)))
+    except Exception as e:  # noqa: BLE001 - a bad historic event must not block start-up
+        log.warning("skipping %s at %s: %s", kind, m.offset, e)

@@ -176,3 +176,25 @@ async def produce_feedback(settings: Settings, lines: Iterable[str],
     finally:
         await prod.stop()
     return sent, errors
+
+
+async def call_model(prod, consumer, codec, topics, backend: str, tenant: str, model: str, qid: str, text: str,
+                     timeout: float, strategy: str = "targeted") -> dict | None:
+    """Send one inference request for `model` straight to `backend`'s request topic and wait for its response
+    on `consumer` (a tail of inference-responses); None if none came within timeout (the demo's and the
+    live-server test's direct call to a model worker)."""
+    from selfevolve.wire.tenancy import query_key
+
+    req = {"request_id": qid, "query_id": qid, "tenant": tenant, "model": model, "text": text, "strategy": strategy,
+           "stage": 0, "attempt": 0, "fallback_from": None, "metadata": {}, "ts_ms": int(time.time() * 1000)}
+    await prod.send_and_wait(topics.requests_for(backend), key=query_key(tenant, qid).encode(),
+                             value=codec.encode("inference_request", req))
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for msgs in (await consumer.getmany(timeout_ms=500)).values():
+            for m in msgs:
+                r = codec.decode("inference_response", m.value)
+                if r["request_id"] == qid:
+                    return r
+    return None
+

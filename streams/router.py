@@ -74,20 +74,20 @@ def _owned(rt, topic: str, query: dict) -> dict:
 
 
 async def _decide(rt, serve, events: list[Event]) -> list:
-    """The decision outputs of query events, each encoded once to prove it can be sent; the router state
-    changes only when all of them succeed, so a failed batch can be redone."""
+    """The decision outputs of query events, each encoded once to prove it can be sent. Routing leaves the
+    router state as it was (domains are learnt from the history topic, streams/history_follow.py), so a
+    failed batch can be redone, and nothing here overwrites what the follower folded meanwhile."""
     fold = serve.router_fold
     # Off the loop: a cache miss costs the model ~45 ms per text on these cores. The fold's step stays on
     # the loop: it searches the history, which the scorer's deliveries add to there.
     vectors = await asyncio.to_thread(fold.embed, [e.record for e in events])
     t0 = time.perf_counter()
-    state, outs = fold.step_many(serve.router_state, events, vectors=vectors)
+    _, outs = fold.step_many(serve.router_state, events, vectors=vectors)
     ms = (time.perf_counter() - t0) * 1000 / len(events)  # each query's share of the batch's routing
     # Latency is measured here, outside the fold, and only reported: nothing is decided on it.
     outs = [dataclasses.replace(o, record={**o.record, "decision_ms": ms}) for o in outs]
     for out in outs:
         rt.codec.encode(out.kind, out.record)  # a record that cannot be encoded fails here, not mid-send
-    serve.router_state = state
     return outs
 
 
@@ -96,8 +96,9 @@ async def run_router(rt, stop: asyncio.Event | None = None) -> None:
     consumed offsets commit in one Kafka transaction."""
     from streams.kafka_io import transactional_loop
 
-    serve = await asyncio.to_thread(rt.serving)  # off the loop: loading the history takes a while
-    await rt.recovered.wait()  # route on the hierarchy and thresholds the topics hold, not the catalogue's
+    # Route on the hierarchy and thresholds the topics hold (not the catalogue's), and on the history the
+    # history topic holds (a late joiner catches up first).
+    serve = await rt.replicated()
 
     async def handle(producer, messages) -> None:
         await route_batch(rt.through(producer), serve, messages)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-
+import hashlib
 import json
 import logging
 import threading
@@ -13,22 +13,31 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from selfevolve.config import Settings
 from selfevolve.errors import BrokerError, ConfigError, StoreError, ValidationError
-from selfevolve.flow.events import INTERNAL, Event, Out
+from selfevolve.flow.events import Event, Out
+from selfevolve.flow.cache import AnswerCacheFold
+from selfevolve.flow.feedback import FeedbackFold
 from selfevolve.flow.learning import HistoryFold
 from selfevolve.flow.router import RouterFold, RouterState
 from selfevolve.models.catalogue import Catalogue
 from selfevolve.routing.embed import Embedder, embedding_dim
+from selfevolve.routing import answer_cache
+from selfevolve.routing.answer_cache import AnswerCache
 from selfevolve.routing.history import History, Record
 from selfevolve.wire.codec import Codec
 from selfevolve.wire.deadletter import dead_letter
-from selfevolve.wire.tenancy import check_tenant
+from selfevolve.wire.tenancy import DEFAULT_TENANT, check_tenant
 from selfevolve.wire.topics import STAGES, TENANT_STAGES, Topics
+from streams.metrics import observe_dead_letter, observe_out
 
 log = logging.getLogger("selfevolve.runtime")
 MAX_KEY_BYTES = 256  # of a dead letter's key: the failed record's key, which is as untrusted as its value
 ROUTER_SNAPSHOT = "router.json"  # next to the history snapshot
+CACHE_SNAPSHOT = "answer_cache.json"
+OFFSET_SNAPSHOT = "offset.json"  # the history topic's offset the two snapshots reflect
 
 
 def infrastructure(error: BaseException) -> bool:
@@ -52,8 +61,9 @@ def now_ms() -> int:
 
 @dataclass
 class ServeState:
-    """The serve role's folds and their states, built once per process: the router fold reads the routing
-    history, the history fold (deliveries from the scorer, feedback) writes it, in place."""
+    """The serve role's folds and their states, built once per process. The history topic (every delivery
+    and accepted verdict, one partition) is folded into the history fold (the FAISS index, in place) and the
+    router fold (its domains) by streams/history_follow.py; `offset` is the next history record to fold."""
 
     catalogue: Catalogue
     embedder: Embedder
@@ -61,10 +71,15 @@ class ServeState:
     router_fold: RouterFold
     router_state: RouterState
     history_fold: HistoryFold
+    cache_fold: AnswerCacheFold
+    cache: AnswerCache
+    feedback_fold: FeedbackFold = field(default_factory=FeedbackFold)
+    offset: int = 0
 
     @classmethod
     def build(cls, settings: Settings, where: Path | None) -> "ServeState":
-        """From the settings and, with `where`, the snapshots saved there (a history, a router state)."""
+        """From the settings and, with `where`, the snapshots saved there (a history, a router state, the
+        history topic's offset they reflect)."""
         catalogue = Catalogue.load(settings.catalogue)
         embedder = Embedder(settings)
         history_fold = HistoryFold(embedding_dim(settings))
@@ -74,17 +89,28 @@ class ServeState:
             raise ConfigError(f"the routing history in {where} holds {history.dim}-dim vectors but the "
                               f"{settings.embedder!r} embedder makes {history_fold.dim}: set SELFEVOLVE_EMBEDDER "
                               "to the one it was built with, or move the history away to start a new one")
-        router_fold = RouterFold(settings, catalogue, history, embedder)
+        cache_fold = AnswerCacheFold(settings)
+        cache = _cache_snapshot(where, settings) or cache_fold.initialize()
+        router_fold = RouterFold(settings, catalogue, history, embedder, cache=cache)
+        snapshot = _router_snapshot(where)
+        offset = _offset_snapshot(where) if len(history) else 0
         return cls(catalogue=catalogue, embedder=embedder, history=history, router_fold=router_fold,
-                   router_state=router_fold.restore(_router_snapshot(where)), history_fold=history_fold)
+                   router_state=router_fold.restore(snapshot), history_fold=history_fold, cache_fold=cache_fold,
+                   cache=cache, offset=offset)
 
-    def deliver(self, out: Out) -> None:
-        """Apply one internal "delivery" output (the scorer's) to the history fold."""
-        self.history, _ = self.history_fold.step(self.history, Event(out.kind, out.record, payload=out.payload))
-
-    def learn(self, event: Event) -> None:
-        """Apply one feedback event to the history fold (the host checked who sent it)."""
+    def apply(self, event: Event) -> None:
+        """Fold one history-topic event: the router learns the domains, the history the delivery or verdict,
+        the cache the answer. Both check before they write, so one that raises changed neither. A delivery
+        the history already holds (folded again after a snapshot whose offset was older than its history:
+        a crash mid-save) changes nothing, so the domains do not count it twice."""
+        r = event.record
+        tenant = r.get("tenant") or DEFAULT_TENANT
+        if r.get("event") == "delivery" and self.known(r.get("query_id", ""), tenant) is not None:
+            return
+        router_state, _ = self.router_fold.step(self.router_state, event)
         self.history, _ = self.history_fold.step(self.history, event)
+        self.router_state = router_state
+        self.cache, _ = self.cache_fold.step(self.cache, event)
 
     def follow(self, event: Event) -> None:
         """A model_event or strategy event reaches the router fold at once (a follower of streams/model_events)."""
@@ -94,9 +120,50 @@ class ServeState:
         """The history's record of an answered query, if it holds one (for reuse and ownership checks)."""
         return self.history.get(query_id, tenant)
 
+    def digest(self) -> str:
+        """A fingerprint of what this replica decides on: the history's records, vectors and predictor, the
+        router's domains, thresholds and hierarchy, and the offset. Replicas that folded the same history
+        topic have the same digest (the replication tests compare workers by it)."""
+        h = hashlib.sha256()
+        for record in self.history.records:
+            h.update(json.dumps(vars(record), sort_keys=True).encode())
+        if self.history.index.ntotal:
+            h.update(np.ascontiguousarray(self.history.index.reconstruct_n(0, self.history.index.ntotal)).tobytes())
+        for name, value in sorted(self.history.predictor.to_state().items()):
+            h.update(name.encode() + np.ascontiguousarray(value).tobytes())
+        h.update(json.dumps(self.router_state.to_json(), sort_keys=True).encode())
+        h.update(json.dumps(self.cache.to_json(), sort_keys=True).encode())
+        h.update(str(self.offset).encode())
+        return h.hexdigest()
+
     def save(self, where: Path) -> None:
+        """Snapshot the history, the router state and the history offset they reflect, offset last: a crash
+        mid-save leaves an older offset, and folding a delivery twice keeps the first."""
+        where.mkdir(parents=True, exist_ok=True)
         self.history.save(where)
         (where / ROUTER_SNAPSHOT).write_text(json.dumps(self.router_state.to_json()))
+        (where / CACHE_SNAPSHOT).write_text(json.dumps(self.cache.to_json()))
+        (where / OFFSET_SNAPSHOT).write_text(json.dumps({"offset": self.offset}))
+
+
+def _cache_snapshot(where: Path | None, settings: Settings) -> AnswerCache | None:
+    path = where / CACHE_SNAPSHOT if where is not None else None
+    if path is None or not path.exists():
+        return None
+    try:
+        return answer_cache.from_settings(settings, json.loads(path.read_text()))
+    except (OSError, ValueError) as e:
+        raise StoreError(f"cannot read the answer cache snapshot {path}") from e
+
+
+def _offset_snapshot(where: Path | None) -> int:
+    path = where / OFFSET_SNAPSHOT if where is not None else None
+    if path is None or not path.exists():
+        return 0
+    try:
+        return int(json.loads(path.read_text())["offset"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StoreError(f"cannot read the history offset snapshot {path}") from e
 
 
 def _router_snapshot(where: Path | None) -> dict | None:
@@ -135,6 +202,10 @@ class Runtime:
     # (streams/model_events.py clears it when it registers): until then a fold would decide on a hierarchy
     # and thresholds older than the topics', and decide again what was decided before the restart.
     recovered: asyncio.Event = field(default_factory=lambda: _set(asyncio.Event()), repr=False)
+    # Serve role: folds the history topic into the serve state (streams/history_follow.py).
+    history_follower: Any = None
+    # "topic:partition" -> the next offset the evolution followers fold (group-less: shown on /replica).
+    followed: dict[str, int] = field(default_factory=dict)
     _topics: dict[str, Any] = field(default_factory=dict)  # Faust topic objects, built once per name
     producer: Any = None  # an aiokafka producer to send through instead of Faust's (a task's transactions)
     # Only the serve role learns a routing history and snapshots it; the history role must not read the
@@ -153,6 +224,15 @@ class Runtime:
     def through(self, producer) -> "Runtime":
         """This runtime, sending through producer (shares settings, codec, the serve state and followers)."""
         return replace(self, producer=producer, _topics={})
+
+    async def replicated(self) -> ServeState:
+        """The serve state once it is fit to decide on: built (off the loop), the model-events and strategy
+        topics replayed, and the history topic folded up to where it stood at start."""
+        serve = await asyncio.to_thread(self.serving)
+        await self.recovered.wait()
+        if self.history_follower is not None:
+            await self.history_follower.ready.wait()
+        return serve
 
     def serving(self) -> ServeState:
         """The serve role's folds, built on first use (loading the history snapshot takes a while; call it
@@ -173,7 +253,8 @@ class Runtime:
 
     @property
     def history_dir(self):
-        return self.settings.home / "history"
+        """This serve worker's snapshot folder: one per worker index, as workers on one host share a home."""
+        return self.settings.home / "history" / str(self.settings.serve_worker)
 
     def topic(self, name: str, *more: str):
         """A raw-bytes Faust topic: agents decode themselves so bad bytes reach dead-letter."""
@@ -194,11 +275,10 @@ class Runtime:
         return await self._topics[topic].send(key=key, value=value, partition=partition)
 
     async def send_out(self, out: Out):
-        """Queue a fold's output on the topic of its stage; returns the ack future. Internal kinds never
-        travel on a topic: they are handed to their fold in this process."""
-        if out.kind in INTERNAL:
-            raise ConfigError(f"{out.kind!r} outputs are internal: hand them to their fold, not to a topic")
-        return await self.send(self.topic_of(out), out.kind, out.record, out.key)
+        """Queue a fold's output on the topic of its stage; returns the ack future."""
+        topic = self.topic_of(out)
+        observe_out(out)  # counted once queued: an aborted transaction's redo counts again (metrics are rates)
+        return await self.send(topic, out.kind, out.record, out.key)
 
     def topic_of(self, out: Out) -> str:
         """The topic of an output's stage: a stage of topics.STAGES, `inference-requests.<backend>` or
@@ -264,4 +344,5 @@ class Runtime:
         record = dead_letter(msg.topic, msg.partition, msg.offset, msg.value or b"", error, now_ms(),
                              max_payload=self.settings.dead_letter_payload_bytes)
         key = bytes(msg.key[:MAX_KEY_BYTES]).decode("utf-8", "replace") if msg.key else None
+        observe_dead_letter(error)
         return await self.send(self.topics.dead_letter, "dead_letter", record, key=key)

@@ -8,8 +8,8 @@ one poll returns is one batch, in one Kafka transaction:
 
 1. every event steps the fold (off the loop: scoring may run a response's code, and the batch's code
    answers run concurrently first); the entries each step changed are staged for the changelog;
-2. the outputs (requests, scores, answers) are sent, the deliveries applied to the routing history, and
-   the broker's acknowledgements awaited;
+2. the outputs (requests, scores, answers, and the deliveries every serve worker's routing history folds
+   from the history topic) are sent, and the broker's acknowledgements awaited;
 3. the staged entries are written to the changelog, and awaited;
 4. the batch's offsets are sent to the transaction, which commits.
 
@@ -26,10 +26,10 @@ import logging
 from dataclasses import dataclass, replace
 
 from selfevolve.errors import ValidationError
-from selfevolve.flow.events import INTERNAL, Event, Out
+from selfevolve.flow.events import Event, Out
 from selfevolve.flow.scorer import QueryLog, ScorerFold, ScorerState
 from selfevolve.scoring import checkers
-from selfevolve.wire.records import decision_from_record
+from selfevolve.wire.records import vector_bytes
 from selfevolve.wire.tenancy import record_key
 from streams.changelog import ChangelogTable
 from streams.runtime import infrastructure, now_ms, oversized
@@ -40,12 +40,10 @@ KINDS = ("route_decision", "inference_response")
 
 @dataclass(frozen=True)
 class Stepped:
-    """One event's step that had outputs: its index in the batch, the outputs, and its query's log before
-    the step (the text to embed again for a delivery whose decision carried no vector)."""
+    """One event's step that had outputs: its index in the batch and the outputs."""
 
     index: int
     outs: list[Out]
-    before: QueryLog | None
 
 
 class Scorer:
@@ -73,7 +71,6 @@ class Scorer:
             partition = event.at[0]
             state = self.states.get(partition) or self.fold.initialize()
             try:
-                before = state.logs.get(record_key(event.record))
                 if event.kind == "inference_response":  # the answer's latency is up to now (it decides nothing)
                     event = replace(event, payload={"now_ms": now_ms()})
                 state, outs, changed = self.fold.step_logged(state, event)
@@ -87,7 +84,7 @@ class Scorer:
                 entry = state.entry_json(key)
                 self.table.put(partition, key, entry) if entry is not None else self.table.delete(partition, key)
             if outs:
-                stepped.append(Stepped(i, outs, before))
+                stepped.append(Stepped(i, outs))
         return stepped
 
     def _prefetch(self, events: list[Event]) -> None:
@@ -141,47 +138,38 @@ async def score_batch(rt, scorer: Scorer, messages) -> None:
     stepped = await _embed_lost(scorer.serve, stepped)
     for s in stepped:
         for out in s.outs:
-            if out.kind not in INTERNAL:
-                acks.append(await rt.send_out(out))
-                continue
-            try:
-                if out.payload.vector is None:
-                    raise ValidationError(f"no vector to add {out.key!r} to the history with")
-                scorer.serve.deliver(out)
-            except Exception as e:  # noqa: BLE001 - a delivery that fails must not fail the whole batch
-                if infrastructure(e):
-                    raise
-                log.exception("dead-lettering %s at %s/%s: its delivery failed", events[s.index].kind,
-                              sources[s.index].partition, sources[s.index].offset)
-                acks.append(await rt.send_dead_letter(sources[s.index], e))
+            acks.append(await rt.send_out(out))
     for ack in acks:
         await ack
-    # Only now, with every output on the broker, may the changelog say these events were seen.
-    await scorer.table.flush(rt.send_raw)
+    # Only now, with every output on the broker, may the changelog say these events were seen. Only this
+    # batch's partitions: another task's batch may be staging its own at the same time.
+    await scorer.table.flush(rt.send_raw, {msg.partition for msg in messages})
 
 
 async def _embed_lost(serve, stepped: list[Stepped]) -> list[Stepped]:
-    """Deliveries whose decision carried no vector (written before v4) get their query embedded again,
-    rather than the query forgotten; one that cannot be is dead-lettered at its delivery."""
-    lost = [(s, o) for s in stepped for o in s.outs if o.kind in INTERNAL and o.payload.vector is None]
+    """Deliveries whose decision carried no vector (written before v4) get their query embedded again from
+    the text the delivery carries, rather than the query forgotten by every history replica."""
+    lost = [o for s in stepped for o in s.outs if o.kind == "history" and o.record.get("vector") is None]
     if not lost:
         return stepped
     try:
-        texts = [decision_from_record(s.before.decision).text for s, _ in lost]
-        vectors = await asyncio.to_thread(serve.embedder.encode, texts)
-    except Exception:  # noqa: BLE001 - each delivery without a vector is dead-lettered instead
-        log.exception("re-embedding %d answered queries failed", len(lost))
+        vectors = await asyncio.to_thread(serve.embedder.encode, [o.record["text"] for o in lost])
+    except Exception as e:  # noqa: BLE001 - raising would abort the batch's answers too, again at each retry
+        if infrastructure(e):
+            raise
+        # Sent without a vector: every replica skips them alike (streams/history_follow.py); the answers go out.
+        log.exception("re-embedding %d answered queries failed; they will miss the routing history", len(lost))
         return stepped
-    fixed = {id(o): replace(o, payload=replace(o.payload, vector=vec)) for (_, o), vec in zip(lost, vectors)}
+    fixed = {id(o): replace(o, record={**o.record, "vector": vector_bytes(v)}) for o, v in zip(lost, vectors)}
     return [replace(s, outs=[fixed.get(id(o), o) for o in s.outs]) for s in stepped]
 
 
 async def run_scorer(rt, stop: asyncio.Event | None = None) -> None:
     """Consume decisions and responses until cancelled (or `stop` is set): a batch per poll, each batch's
     outputs, changelog writes and consumed offsets in one Kafka transaction."""
-    from streams.kafka_io import ensure_topics, transactional_loop
+    from streams.kafka_io import by_partition, ensure_topics, transactional_loop
 
-    serve = await asyncio.to_thread(rt.serving)
+    serve = await rt.replicated()  # its reuse checks read the history replica
     scorer = Scorer(rt, serve)
     await ensure_topics(rt.settings, [scorer.table.topic], compact=True)
     owned: set[int] = set()
@@ -198,8 +186,9 @@ async def run_scorer(rt, stop: asyncio.Event | None = None) -> None:
     async def handle(producer, messages) -> None:
         await score_batch(rt.through(producer), scorer, messages)
 
+    # A query's decision and responses share its key's partition number: one task, range-assigned.
     await transactional_loop(rt.settings, "scorer", [rt.topics.route_decisions, rt.topics.inference_responses],
-                             rt.settings.scorer_batch_size, handle, stop, on_assign=on_assign)
+                             rt.settings.scorer_batch_size, handle, stop, on_assign=on_assign, task_of=by_partition)
 
 
 def register(app, rt) -> None:

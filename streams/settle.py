@@ -10,7 +10,9 @@ comparing the two numbers is not enough, and a read_committed probe reads what l
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.request
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -20,12 +22,22 @@ from selfevolve.errors import BrokerError
 from streams.kafka_io import client_options
 
 
+def _get_json(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+
+
 class Settler:
     """A probe over {group id: [topic, ...]}: `await settle()` returns once every group is caught up on every
     partition of its topics, twice in a row (one group's processing writes another's input)."""
 
-    def __init__(self, settings: Settings, expected: dict[str, list[str]]) -> None:
-        self.settings, self.expected = settings, expected
+    def __init__(self, settings: Settings, expected: dict[str, list[str]], replicas: list[str] = ()) -> None:
+        """replicas: /replica URLs of serve workers, whose group-less followers (the history topic, model
+        events, strategy) must have read everything too."""
+        self.settings, self.expected, self.replicas = settings, expected, list(replicas)
         self.admin: AIOKafkaAdminClient | None = None
         self.probe: AIOKafkaConsumer | None = None
 
@@ -63,6 +75,24 @@ class Settler:
                 start = meta.offset if meta is not None and meta.offset >= 0 else 0
                 if start < ends[tp] and await self._records_between(tp, start, ends[tp]):
                     out.append(f"{group} {tp.topic}[{tp.partition}]")
+        for url in self.replicas:
+            out += await self._replica_lag(url)
+        return out
+
+    async def _replica_lag(self, url: str) -> list[str]:
+        """'url topic[partition]' for every followed partition with a committed record the replica has not read."""
+        seen = await asyncio.to_thread(_get_json, url)
+        if seen is None:
+            return [f"{url} unreachable"]
+        p = self.settings.topic_prefix
+        positions = {f"{p}history:0": int(seen.get("offset", 0)), **(seen.get("followed") or {})}
+        tps = [tp for t in (p + "history", p + "model-events", p + "strategy") for tp in await self._partitions(t)]
+        ends = await self.probe.end_offsets(tps) if tps else {}
+        out = []
+        for tp in tps:
+            start = positions.get(f"{tp.topic}:{tp.partition}", 0)
+            if start < ends[tp] and await self._records_between(tp, start, ends[tp]):
+                out.append(f"{url} {tp.topic}[{tp.partition}]")
         return out
 
     async def _records_between(self, tp: TopicPartition, start: int, end: int) -> bool:

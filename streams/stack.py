@@ -1,4 +1,4 @@
-"""Start, stop and report the local stack: Kafka broker, the two stream workers, model workers."""
+"""Start, stop and report the local stack: Kafka broker, N serve workers, the history worker, model workers."""
 
 from __future__ import annotations
 
@@ -12,13 +12,34 @@ from pathlib import Path
 
 from infra.kafka.launcher import KafkaBroker
 from selfevolve.config import Settings
-from selfevolve.errors import SelfEvolveError
+from selfevolve.errors import ConfigError, SelfEvolveError
+
+SERVE = "streams"  # serve worker 0's service name (kept from the one-worker stack); worker i > 0: streams-<i>
 
 
 @dataclass(frozen=True)
 class Service:
     name: str
     argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()  # set in its environment on top of child_env (e.g. its serve index)
+    ready_port: int | None = None  # serves /ready on 127.0.0.1 at this port: the supervisor records when it is
+
+
+def serve_name(index: int) -> str:
+    return SERVE if index == 0 else f"{SERVE}-{index}"
+
+
+def serve_ports(settings: Settings, workers: int) -> list[int]:
+    """The /ready ports of serve workers 0..workers-1 (each worker listens on web_port + its index); a
+    ConfigError when one is another port of the stack (history_web_port, sql_port, gateway_port)."""
+    ports = [settings.web_port + i for i in range(workers)]
+    taken = {settings.history_web_port: "history_web_port", settings.sql_port: "sql_port",
+             settings.gateway_port: "gateway_port"}
+    for port in ports:
+        if port in taken:
+            raise ConfigError(f"{workers} serve workers listen on ports {ports[0]}..{ports[-1]} (web_port + index),"
+                              f" which takes {taken[port]} {port}: move web_port or {taken[port]}")
+    return ports
 
 
 def broker_for(settings: Settings) -> KafkaBroker:
@@ -29,15 +50,20 @@ def broker_for(settings: Settings) -> KafkaBroker:
 
 # Secrets each role's processes get (from the parent's settings) in their own secrets folder, besides their
 # Kafka principal: only model workers call OpenAI; only the history role writes ClickHouse and serves SQL.
-ROLE_SECRETS = {"serve": (), "history": ("clickhouse_password", "sql_token"), "model": ("openai_api_key",)}
+ROLE_SECRETS = {"serve": (), "history": ("clickhouse_password", "sql_token"), "model": ("openai_api_key",),
+                "gateway": ()}  # the gateway reads its API keys from <home>/secrets/gateway_keys.json
 
 
 def role_of(service: str) -> str | None:
     """The Kafka principal (role) a service runs as; None for one that talks to no broker (the supervisor)."""
-    if service in ("streams", "history"):
-        return "serve" if service == "streams" else "history"
+    if service == SERVE or service.startswith(f"{SERVE}-"):
+        return "serve"
+    if service == "history":
+        return "history"
     if service.startswith(("model-worker", "local-worker", "trainer")):
         return "model"
+    if service == "gateway":
+        return "gateway"
     return None
 
 
@@ -109,10 +135,21 @@ def provision_roles(admin: Settings, settings: Settings) -> None:
 
 
 def services(settings: Settings, model_workers: int = 1, backends: str = "replay",
-             live: bool = False) -> list[Service]:
+             live: bool = False, serve_workers: int | None = None) -> list[Service]:
+    """What the supervisor runs: serve_workers (default settings.serve_workers) serve processes in one
+    consumer group, each told its index (SELFEVOLVE_SERVE_WORKER: its snapshot folder and web port), the
+    history worker, model workers and, live, the distillation trainer and a local-model worker."""
     py = sys.executable
-    out = [Service("streams", (py, "-m", "streams.app", "--role", "serve", "worker", "--loglevel", "info")),
-           Service("history", (py, "-m", "streams.app", "--role", "history", "worker", "--loglevel", "info"))]
+    n = settings.serve_workers if serve_workers is None else serve_workers
+    if n < 1:
+        raise ConfigError(f"serve_workers must be at least 1, not {n}")
+    serve = (py, "-m", "streams.app", "--role", "serve", "worker", "--loglevel", "info")
+    out = [Service(serve_name(i), serve, (("SELFEVOLVE_SERVE_WORKER", str(i)),), port)
+           for i, port in enumerate(serve_ports(settings, n))]
+    out += [Service("history", (py, "-m", "streams.app", "--role", "history", "worker", "--loglevel", "info"),
+                    ready_port=settings.history_web_port)]
+    # The OpenAI-compatible edge (streams/gateway.py), as its own Kafka principal.
+    out += [Service("gateway", (py, "-m", "streams.cli", "gateway"), ready_port=settings.gateway_port)]
     out += [Service(f"model-worker-{i}", (py, "-m", "workers.model_worker", "--backends", backends,
                                           "--worker-id", str(i))) for i in range(model_workers)]
     if live:  # distillation: a trainer, and a worker that serves (and hot-loads) the local students
@@ -131,7 +168,10 @@ class Stack:
         self.logs = settings.home / "logs"
 
     def up(self, model_workers: int = 1, backends: str = "replay", with_broker: bool = True,
-           live: bool = False) -> None:
+           live: bool = False, serve_workers: int | None = None) -> None:
+        serve_workers = self.settings.serve_workers if serve_workers is None else serve_workers
+        serve_ports(self.settings, serve_workers)  # a port clash fails here, before anything starts
+        self.settings = self.settings.model_copy(update={"serve_workers": serve_workers})
         self.pids.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         # A local broker formatted secured stays secured: its workers follow its mode.
@@ -156,7 +196,7 @@ class Stack:
         from streams.supervisor import release_held, supervisor_service
 
         release_held(self.pids)
-        self.start(supervisor_service(model_workers, backends, live))
+        self.start(supervisor_service(model_workers, backends, live, serve_workers))
 
     def start(self, svc: Service) -> int:
         if self.pid(svc.name):
@@ -166,6 +206,7 @@ class Stack:
     def spawn(self, svc: Service) -> subprocess.Popen:
         """Start one service detached (its own session), logging to logs/<name>.log, with a pid file."""
         env = child_env(self.settings, role_of(svc.name))  # its own credentials only, never in env
+        env.update(dict(svc.env))
         root = Path(__file__).resolve().parent.parent
         log = open(self.logs / f"{svc.name}.log", "ab")
         proc = subprocess.Popen(svc.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
@@ -229,6 +270,26 @@ class Stack:
         from streams.supervisor import read_state
 
         return read_state(self.settings).get("workers", {})
+
+
+def wait_ready(settings: Settings, serve_workers: int | None = None, timeout: float = 180.0,
+               probe=None) -> None:
+    """Block until every serve worker (web_port + index) and the history worker answer /ready."""
+    from streams.supervisor import http_ready
+
+    probe = probe or http_ready
+    n = settings.serve_workers if serve_workers is None else serve_workers
+    waiting = {serve_name(i): port for i, port in enumerate(serve_ports(settings, n))}
+    waiting["history"] = settings.history_web_port
+    deadline = time.time() + timeout
+    while True:
+        waiting = {name: port for name, port in waiting.items() if not probe(port)}
+        if not waiting:
+            return
+        if time.time() >= deadline:
+            raise SelfEvolveError(f"stream worker(s) {', '.join(waiting)} not ready after {timeout:.0f}s; see "
+                                  f"{settings.home / 'logs'}")
+        time.sleep(0.5)
 
 
 def require_running(stack: Stack) -> None:

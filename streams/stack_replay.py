@@ -137,6 +137,7 @@ def _account(report: ReplayReport, phase: str, s: Sample, ans: dict, supervisor:
     p["correct"] += verdict
     p["cost_usd"] += ans["cost_usd"]
     p["supervisor_cost_usd"] += s.costs.get(supervisor, 0.0)
+    p["supervisor_correct"] = p.get("supervisor_correct", 0.0) + float(s.correct.get(supervisor, 0.0))
 
 
 def run_replay(settings: Settings, data: Path, **kw) -> ReplayReport:

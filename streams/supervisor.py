@@ -3,9 +3,12 @@
 `selfevolve up` starts this process detached (streams/stack.py); it starts the stream and model workers,
 waits on them, and restarts one that exits after a delay that doubles with each failure in a row (from
 `supervisor_backoff_s` to `supervisor_backoff_max_s`) and resets once a worker has stayed up for
-`supervisor_stable_s`. Its state (pids, restarts, last exit code and time) is a JSON file under
-settings.home that `selfevolve status` reads. A worker stopped on purpose (`Stack.kill`, which leaves a
-`<name>.held` marker next to its pid file) is not restarted until the next `up` removes the marker. On
+`supervisor_stable_s`. Each worker restarts on its own schedule: one of N serve workers dying does not touch
+its peers. A worker that serves /ready (the stream workers) is probed until it answers ready, every
+READY_PROBE_S, and its state records whether and since when it is. Its state (pids, restarts, last exit
+code and time, readiness) is a JSON file under settings.home that `selfevolve status` reads. A worker
+stopped on purpose (`Stack.kill`, which leaves a `<name>.held` marker next to its pid file) is not
+restarted until the next `up` removes the marker. On
 SIGTERM (`selfevolve down`) it stops every worker (SIGTERM, then SIGKILL after STOP_TIMEOUT_S) and exits.
 """
 
@@ -23,12 +26,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from selfevolve.config import Settings
+from streams.stack import SERVE
 
 log = logging.getLogger("selfevolve.supervisor")
 NAME = "supervisor"
 STATE_FILE = "supervisor.json"
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.2
+READY_PROBE_S = 1.0  # between /ready probes of one worker (until ready, then every READY_RECHECK_S)
+READY_RECHECK_S = 10.0
 
 
 def backoff(failures: int, base_s: float = 1.0, max_s: float = 60.0) -> float:
@@ -53,14 +59,31 @@ class Worker:
     last_exit_at: float | None = None
     next_start_at: float = 0.0
     held: bool = False
+    port: int | None = None  # its /ready port, if it serves one
+    ready: bool | None = None  # the last /ready probe's answer (None: no port, or not probed since its start)
+    ready_at: float | None = None  # when this start first answered ready
+    next_probe_at: float = 0.0
 
 
-def supervisor_service(model_workers: int, backends: str, live: bool):
+def http_ready(port: int, timeout_s: float = 0.5) -> bool:
+    """Whether the worker on 127.0.0.1:port answers its /ready page with ready: true."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=timeout_s) as r:
+            return bool(json.loads(r.read() or b"{}").get("ready"))
+    except (OSError, ValueError):  # refused, timed out, reset, or not JSON: not ready
+        return False
+
+
+def supervisor_service(model_workers: int, backends: str, live: bool, serve_workers: int | None = None):
     """The Service that `Stack.up` starts: this module, told which workers to run."""
     from streams.stack import Service
 
     argv = [sys.executable, "-m", "streams.supervisor", "--model-workers", str(model_workers),
             "--backends", backends]
+    argv += ["--serve-workers", str(serve_workers)] if serve_workers is not None else []
     return Service(NAME, tuple(argv + (["--live"] if live else [])))
 
 
@@ -91,10 +114,11 @@ def read_state(settings: Settings) -> dict:
 class Supervisor:
     """Runs `services` through `spawn(service) -> Popen` (Stack.spawn: detached, logged, with a pid file)."""
 
-    def __init__(self, settings: Settings, services: list, spawn, pids: Path) -> None:
-        self.settings, self.spawn, self.pids = settings, spawn, pids
+    def __init__(self, settings: Settings, services: list, spawn, pids: Path, probe=http_ready) -> None:
+        self.settings, self.spawn, self.pids, self.probe = settings, spawn, pids, probe
         self.services = {svc.name: svc for svc in services}
-        self.workers = {name: Worker(name) for name in self.services}
+        self.workers = {name: Worker(name, port=getattr(svc, "ready_port", None))
+                        for name, svc in self.services.items()}
         self.procs: dict[str, subprocess.Popen] = {}
         self.stopping = False
         self.started_at = time.time()
@@ -128,6 +152,7 @@ class Supervisor:
             if proc is not None:
                 code = proc.poll()
                 if code is None:
+                    changed |= self._probe(w, now)
                     continue
                 self._exited(w, code, now)
                 changed = True
@@ -136,8 +161,21 @@ class Supervisor:
                 changed = True
         return changed
 
+    def _probe(self, w: Worker, now: float) -> bool:
+        """Ask a running worker's /ready when due; returns whether its readiness changed."""
+        if w.port is None or now < w.next_probe_at:
+            return False
+        ready = self.probe(w.port)
+        w.next_probe_at = now + (READY_RECHECK_S if ready else READY_PROBE_S)
+        if ready and w.ready_at is None:
+            w.ready_at = now
+            log.info("%s ready on port %d, %.1f s after its start", w.name, w.port, now - (w.started_at or now))
+        changed, w.ready = ready != w.ready, ready
+        return changed
+
     def _exited(self, w: Worker, code: int, now: float) -> None:
         del self.procs[w.name]
+        w.ready, w.ready_at, w.next_probe_at = None, None, 0.0
         stable = w.started_at is not None and now - w.started_at >= self.settings.supervisor_stable_s
         w.failures = 1 if stable else w.failures + 1
         w.pid, w.last_exit, w.last_exit_at = None, code, now
@@ -162,12 +200,14 @@ class Supervisor:
             return
         self.procs[w.name] = proc
         w.pid, w.started_at = proc.pid, now
+        w.ready, w.ready_at, w.next_probe_at = (None if w.port is None else False), None, now + READY_PROBE_S
         log.info("started %s (pid %d)", w.name, proc.pid)
 
     def stop_orphans(self) -> None:
         """Stop workers a previous supervisor left running (it was killed): this one starts its own."""
         orphans = []
-        for name in self.services:
+        stale = {f.stem for f in self.pids.glob(f"{SERVE}-*.pid")} if self.pids.is_dir() else set()
+        for name in sorted(set(self.services) | stale):  # a previous `up` may have run more serve workers
             try:
                 pid = int((self.pids / f"{name}.pid").read_text())
             except (OSError, ValueError):
@@ -247,13 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-workers", type=int, default=1)
     parser.add_argument("--backends", default="replay")
     parser.add_argument("--live", action="store_true")
+    parser.add_argument("--serve-workers", type=int, default=None, help="default: settings.serve_workers")
     parser.add_argument("--service", action="append", default=[], metavar="NAME=JSON_ARGV",
                         help="supervise this command instead of the stack's workers (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings.load()
     stack = Stack(settings)
-    todo = services(settings, args.model_workers, args.backends, args.live)
+    todo = services(settings, args.model_workers, args.backends, args.live, args.serve_workers)
     if args.service:
         todo = [Service(name, tuple(json.loads(argv_json)))
                 for name, _, argv_json in (s.partition("=") for s in args.service)]

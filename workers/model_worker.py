@@ -18,6 +18,7 @@ from selfevolve.errors import DecodeError, SelfEvolveError, ValidationError
 from selfevolve.models.serving import serve_request
 from selfevolve.wire.tenancy import record_key
 from selfevolve.wire.topics import Topics
+from streams.metrics import observe_batch, observe_response, serve_metrics, worker_index
 
 log = logging.getLogger("selfevolve.model_worker")
 GROUP = "selfevolve-model-workers"
@@ -55,7 +56,7 @@ async def run(settings: Settings, backends_served: tuple[str, ...], worker_id: s
             batches = await consumer.getmany(timeout_ms=200, max_records=256)
             if not batches:
                 continue
-            messages = [m for msgs in batches.values() for m in msgs]
+            t0, messages = time.perf_counter(), [m for msgs in batches.values() for m in msgs]
             outs = await asyncio.gather(*(_handle(m, codec, catalogue, backends, settings, topics)
                                           for m in messages))
             async with producer.transaction():
@@ -63,6 +64,7 @@ async def run(settings: Settings, backends_served: tuple[str, ...], worker_id: s
                     await producer.send(topic, value=value, key=key)
                 offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()}
                 await producer.send_offsets_to_transaction(offsets, GROUP)
+            observe_batch("model-worker", time.perf_counter() - t0, len(messages))
     finally:
         for task in (reloads, preload):
             if task is not None:
@@ -122,6 +124,7 @@ async def _serve(msg, codec: Codec, catalogue: Catalogue, backends, settings: Se
     request = codec.decode("inference_request", msg.value)
     response = await serve_request(request, catalogue, backends,
                                    timeout_s=settings.backend_timeout_s, now_ms=now)
+    observe_response(response)
     # Keyed by (tenant, query id) like the query's decision, so the scorer finds both in one partition.
     return topics.inference_responses, record_key(request).encode(), codec.encode(
         "inference_response", response)
@@ -134,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings.load()
+    serve_metrics(settings, *worker_index(args.worker_id))
 
     async def _main() -> None:
         stop = asyncio.Event()

@@ -127,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run(Settings.load(), args.student, args.steps, stop)
+        settings = Settings.load()
+        from streams.metrics import serve_metrics  # its process metrics (Python's own) on metrics_trainer_port
+
+        serve_metrics(settings, "trainer")
+        await run(settings, args.student, args.steps, stop)
 
     asyncio.run(_main())
     return 0

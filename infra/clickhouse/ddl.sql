@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS selfevolve.route_decisions
     plan String DEFAULT '',
     source String DEFAULT '',
     vector Nullable(String),
+    cached_from String DEFAULT '',
+    cached_answer String DEFAULT '',
     ts_ms Int64,
     ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC'),
     first_seen UInt64 MATERIALIZED toUInt64(9223372036854775807 - ts_ms)
@@ -159,6 +161,31 @@ CREATE TABLE IF NOT EXISTS selfevolve.feedback
 ENGINE = ReplacingMergeTree
 ORDER BY (tenant, query_id, model);
 
+-- The routing history's change log, as every serve worker replicates it: deliveries and accepted verdicts,
+-- in the one order of the history topic (see selfevolve/flow/learning.py).
+CREATE TABLE IF NOT EXISTS selfevolve.history
+(
+    version Int32 DEFAULT 1,
+    event String,
+    query_id String,
+    tenant String,
+    ts_ms Int64,
+    source String DEFAULT '',
+    text String DEFAULT '',
+    vector Nullable(String),
+    winner Nullable(String),
+    strategy String DEFAULT '',
+    costs Map(String, Float64) DEFAULT map(),
+    domain Int32 DEFAULT -1,
+    answer String DEFAULT '',
+    cached_from String DEFAULT '',
+    model String DEFAULT '',
+    quality Float64 DEFAULT 0,
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (tenant, query_id, event, model);
+
 -- partition and offset are keywords in ClickHouse SQL, hence the backquotes.
 CREATE TABLE IF NOT EXISTS selfevolve.dead_letters
 (
@@ -234,8 +261,11 @@ CREATE TABLE IF NOT EXISTS selfevolve.strategies
     theta_low Float64,
     domain Int32 DEFAULT -1,
     reason String DEFAULT '',
+    cost_lambda Nullable(Float64),
     ts_ms Int64,
     ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (domain, ts_ms);
+-- Strategy v2: the quality target's λ (null: unchanged); a store made before it gains the column.
+ALTER TABLE selfevolve.strategies ADD COLUMN IF NOT EXISTS cost_lambda Nullable(Float64) AFTER reason;

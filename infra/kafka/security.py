@@ -21,7 +21,7 @@ from selfevolve.errors import BrokerError, ConfigError
 from streams.kafka_io import admin_client, ensure_topics, group_id, security_options
 
 SCRAM_ITERATIONS = 8192  # Kafka accepts 4096..16384 for SHA-512
-ROLES = ("serve", "history", "model")
+ROLES = ("serve", "history", "model", "gateway")
 CLUSTER = "kafka-cluster"  # the one name of the cluster resource
 
 # Kafka's wire codes (org.apache.kafka.common.acl / resource).
@@ -64,10 +64,11 @@ def role_acls(settings: Settings, role: str) -> list[Acl]:
         return (_allow(TOPIC, [p], PREFIXED, READ, DESCRIBE)
                 + _allow(TOPIC, [p + t for t in ("route-decisions", "inference-requests", "scores", "answers")],
                          PREFIXED, WRITE)
-                + _allow(TOPIC, [p + "dead-letter"], LITERAL, WRITE)
+                + _allow(TOPIC, [p + "dead-letter", p + "history"], LITERAL, WRITE)
                 + _allow(TOPIC, [p + "scorer-state-changelog"], LITERAL, CREATE, WRITE, DESCRIBE_CONFIGS)
                 + _faust_internal(faust) + _allow(GROUP, groups, LITERAL, READ, DESCRIBE)
-                + _allow(TRANSACTIONAL_ID, groups[1:], LITERAL, WRITE, DESCRIBE) + _idempotent())
+                # One transactional id per input task (<group>-<topic>-<partition>, streams/kafka_io.py).
+                + _allow(TRANSACTIONAL_ID, groups[1:], PREFIXED, WRITE, DESCRIBE) + _idempotent())
     if role == "history":
         faust, groups = _gid(settings, "history"), [_gid(settings, g) for g in ("history", "sink")]
         return (_allow(TOPIC, [p], PREFIXED, READ, DESCRIBE)
@@ -84,6 +85,12 @@ def role_acls(settings: Settings, role: str) -> list[Acl]:
                 + _allow(GROUP, ["selfevolve-model-workers", "selfevolve-trainer"], LITERAL, READ, DESCRIBE)
                 + _allow(TRANSACTIONAL_ID, ["selfevolve-model-worker-"], PREFIXED, WRITE, DESCRIBE)
                 + _idempotent())
+    if role == "gateway":
+        # The OpenAI-compatible edge (streams/gateway.py) speaks for the tenants whose API keys it holds: it
+        # writes their queries.<T> and feedback.<T> and reads their answers.<T>; no shared or internal topic.
+        # Group-less (it assigns partitions itself), so it needs no group.
+        return (_allow(TOPIC, [p + "queries.", p + "feedback."], PREFIXED, WRITE, DESCRIBE)
+                + _allow(TOPIC, [p + "answers."], PREFIXED, READ, DESCRIBE) + _idempotent())
     raise ConfigError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
 
 

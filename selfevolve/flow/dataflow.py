@@ -4,11 +4,12 @@
                 ▲                          ▲  └──inference_response──┘
                 │                          ├──score──► evolution ──model_event / gap / spawn──► router
                 │                          ├──answer──► metalearner ──strategy──► router
-                │                          └──delivery (in-process)──► history ◄── feedback
-                └── reads the routing history the history fold writes
+                │                          └──history (delivery)──► history ◄──history (verdict)── feedback
+                └── reads the routing history the history fold writes; learns its domains from deliveries
 
-The serve role hosts router, scorer and history (one process: they share the routing history); the
-history role hosts evolution and the meta-learner. `build` makes the folds of some roles with their
+The serve role hosts router, scorer, feedback and history; every serve worker folds the one-partition
+history topic into its own replica of the routing history (and its router's domains), so any worker can
+route any query. The history role hosts evolution and the meta-learner. `build` makes the folds of some roles with their
 initial states; the in-memory driver (driver.py) and the stream hosts (streams/) run the same folds.
 """
 
@@ -23,7 +24,9 @@ import numpy as np
 from selfevolve.config import Settings
 from selfevolve.errors import ConfigError
 from selfevolve.flow.driver import Driver, Responder
-from selfevolve.flow.events import INTERNAL, KINDS
+from selfevolve.flow.events import KINDS
+from selfevolve.flow.cache import AnswerCacheFold
+from selfevolve.flow.feedback import FeedbackFold
 from selfevolve.flow.learning import HistoryFold
 from selfevolve.flow.router import RouterFold
 from selfevolve.flow.scorer import ScorerFold
@@ -44,9 +47,11 @@ class Node:
 
 
 GRAPH: tuple[Node, ...] = (
-    Node("router", SERVE, ("query", "model_event", "strategy")),
+    Node("router", SERVE, ("query", "model_event", "strategy", "history")),
     Node("scorer", SERVE, ("route_decision", "inference_response")),
-    Node("history", SERVE, ("delivery", "feedback")),
+    Node("feedback", SERVE, ("feedback",)),
+    Node("history", SERVE, ("history",)),
+    Node("answer_cache", SERVE, ("history",)),
     Node("evolution", HISTORY, ("score", "model_event")),
     Node("metalearner", HISTORY, ("answer", "feedback", "strategy")),
 )
@@ -103,14 +108,18 @@ def build(settings: Settings, catalogue: Catalogue, embedder: Any = None, *,
     if SERVE in roles:
         history_fold = HistoryFold(embedding_dim(settings) if dim is None else dim)
         history = history_fold.initialize()
-        router = RouterFold(settings, catalogue, history, embedder)
+        cache_fold = AnswerCacheFold(settings)
+        cache = cache_fold.initialize()
+        router = RouterFold(settings, catalogue, history, embedder, cache=cache)
         if router_options:
             from selfevolve.routing import Router
 
             # The fold routes with its `router`; an ablation swaps in one built with other options.
             router.router = Router(settings, catalogue, history, embedder, **router_options)
-        folds += [router, ScorerFold(settings, catalogue, history.get, codec=codec), history_fold]
-        states["history"] = history  # the router reads the very History the history fold writes
+        folds += [router, ScorerFold(settings, catalogue, history.get, codec=codec), FeedbackFold(), history_fold,
+                  cache_fold]
+        # The router reads the very History and AnswerCache the history and cache folds write.
+        states["history"], states["answer_cache"] = history, cache
     if HISTORY in roles:
         from selfevolve.flow.evolution import EvolutionFold
         from selfevolve.flow.metalearner import MetaLearnerFold
@@ -126,6 +135,6 @@ def check(folds: Sequence[Any]) -> None:
         declared = node(f.name).consumes
         if tuple(f.consumes) != declared:
             raise ConfigError(f"fold {f.name} consumes {tuple(f.consumes)}, the dataflow says {declared}")
-        unknown = [k for k in declared if k not in KINDS and k not in INTERNAL]
+        unknown = [k for k in declared if k not in KINDS]
         if unknown:
             raise ConfigError(f"fold {f.name} consumes {unknown}, which are no event kinds")

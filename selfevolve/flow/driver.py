@@ -2,12 +2,10 @@
 
 Like quix-streams' `sdf.test()`. One FIFO of events stands for every topic: the driver takes the oldest,
 hands it to each fold that consumes its kind (in the order the folds were given), and appends what they
-output to the end. Three kinds of output are handled on the spot rather than queued:
+output to the end. Two kinds of output are handled on the spot rather than queued:
 
 - `inference_request`: answered at once by `responder(request) -> inference_response record` (a pure
   function: the recorded answers of a replay), whose response is queued like any other event;
-- internal kinds (`delivery`): applied at once to the folds that consume them, as the scorer's host applies
-  them in-process (they never travel on a topic);
 - an Out for a tenant's own topic (`answers.<tenant>`): kept in `Result.log` only; the shared topic's copy is
   the one folds read and the history stores.
 
@@ -30,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.flow.events import INTERNAL, KINDS, Event, Out
+from selfevolve.flow.events import KINDS, Event, Out
 from selfevolve.wire.deadletter import dead_letter
 from selfevolve.wire.tenancy import record_key
 from selfevolve.wire.topics import TENANT_STAGES
@@ -64,10 +62,15 @@ class Result:
     records: dict[str, list[dict]] = field(default_factory=dict)  # kind -> records on its shared topic(s)
     log: list[Out] = field(default_factory=list)  # every record sent, inputs included, with its stage and key
     states: dict[str, Any] = field(default_factory=dict)  # fold name -> final state
-    deliveries: list[Out] = field(default_factory=list)  # internal Outs, in the order they were applied
 
     def of(self, kind: str) -> list[dict]:
         return self.records.get(kind, [])
+
+    @property
+    def deliveries(self) -> list[Out]:
+        """The history Outs of delivered answers, in the order they were sent (each with the scorer's Verdict
+        as its payload, which only the in-memory run keeps: the topic carries the record)."""
+        return [o for o in self.log if o.kind == "history" and o.record.get("event") == "delivery"]
 
     @property
     def dead_letters(self) -> list[dict]:
@@ -105,11 +108,7 @@ class Driver:
         self._put(Out(kind, record, key, stage or KINDS[kind]))
 
     def _put(self, out: Out) -> None:
-        """Record one Out on its topic and queue it for the folds (internal kinds: apply it at once)."""
-        if out.kind in INTERNAL:
-            self.result.deliveries.append(out)
-            self._step_all(Event(out.kind, out.record, payload=out.payload))
-            return
+        """Record one Out on its topic and queue it for the folds."""
         self.result.log.append(out)
         topic = self.prefix + (out.stage or KINDS[out.kind])
         offset = self.offsets.get(topic, 0)

@@ -1,4 +1,5 @@
-"""The meta-learner as a fold: every `metalearn_every` answers, nudge θh/θl toward the best strategy (Alg. 5.3).
+"""The meta-learner as a fold: every `metalearn_every` answers, nudge θh/θl toward the best strategy (Alg. 5.3);
+with a quality target, move λ to meet it (selfevolve/routing/target.py).
 
 Its clock is the answers it has counted, never the wall: the same answers and verdicts, in the same order,
 move the thresholds at the same answers. Each strategy is scored over the last `metalearn_window` answers:
@@ -17,10 +18,14 @@ from selfevolve.config import Settings
 from selfevolve.errors import ValidationError
 from selfevolve.evolution import metalearn
 from selfevolve.flow.events import Event, Out
+from selfevolve.flow.router import operating_point
 from selfevolve.models.catalogue import Catalogue, Role
+from selfevolve.routing import target as qt
 
 STAGE = "strategy"
 ECHOES_KEPT = 64  # own strategy events awaiting their copy from the topic
+AUDITS_KEPT = 1024  # audited queries whose supervisor verdict was counted (a re-sent verdict is not again)
+STRATEGY_VERSION = 2  # schemas/strategy.avsc: v2 adds cost_lambda (null: λ unchanged)
 
 
 @dataclass(frozen=True)
@@ -45,24 +50,30 @@ class Answered:
 @dataclass(frozen=True)
 class MetaLearnerState:
     """The thresholds in force, answers counted (the cadence's clock), the last window of answers (oldest
-    first) and this fold's own strategy events not yet read back from the topic (canonical JSON)."""
+    first) and this fold's own strategy events not yet read back from the topic (canonical JSON). With a
+    quality target: the controller's state (target; None without one) and the audits already counted."""
 
     theta_high: float
     theta_low: float
     answers: int = 0
     window: tuple[Answered, ...] = ()
     echoes: tuple[str, ...] = ()
+    target: qt.TargetState | None = None
+    audited: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"theta_high": self.theta_high, "theta_low": self.theta_low, "answers": self.answers,
-                "window": [asdict(a) for a in self.window], "echoes": list(self.echoes)}
+                "window": [asdict(a) for a in self.window], "echoes": list(self.echoes),
+                "target": None if self.target is None else qt.to_json(self.target), "audited": list(self.audited)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MetaLearnerState:
         try:
             window = tuple(Answered(**a) for a in data["window"])
+            target = data.get("target")
             return cls(float(data["theta_high"]), float(data["theta_low"]), int(data["answers"]), window,
-                       tuple(str(e) for e in data["echoes"]))
+                       tuple(str(e) for e in data["echoes"]), None if target is None else qt.from_json(target),
+                       tuple(str(k) for k in data.get("audited", ())))
         except (KeyError, TypeError, ValueError) as e:
             raise ValidationError(f"not a meta-learner state: {e}") from e
 
@@ -92,12 +103,22 @@ def supervisor_price(catalogue: Catalogue) -> float | None:
     return max(prices, default=0.0) or None
 
 
+def supervisor_name(catalogue: Catalogue) -> str | None:
+    """The dearest active supervisor: the model the router's audits call and the target is relative to."""
+    sups = [s for s in catalogue.active() if s.role == Role.SUPERVISOR]
+    return max(sups, key=lambda s: (s.cost_per_call or 0.0, s.name)).name if sups else None
+
+
 def _echo_key(record: dict[str, Any]) -> str:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+    # The copy read back has the writer's version and the schema's defaults: compare what it says.
+    said = {"domain": -1, "reason": "", "cost_lambda": None, **record}
+    said.pop("version", None)
+    return json.dumps(said, sort_keys=True, separators=(",", ":"))
 
 
 class MetaLearnerFold:
-    """answer -> (every `metalearn_every`) strategy; feedback -> the verdict on an answer; strategy -> θ.
+    """answer -> (every `metalearn_every`) strategy; feedback -> the verdict on an answer (and, with a quality
+    target, an observation of the quality ratio, which may move λ: a strategy event); strategy -> θ, λ.
 
     An answer already in the window (a redelivery) is not counted again. A verdict about an answer the
     window does not hold, or about another model than the one that answered, changes nothing. Its own
@@ -112,16 +133,21 @@ class MetaLearnerFold:
     def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
         self.settings = settings
         self.cost_scale = supervisor_price(catalogue)
+        self.supervisor = supervisor_name(catalogue)
 
     def initialize(self) -> MetaLearnerState:
         s = self.settings
-        return MetaLearnerState(*_thresholds(s.theta_high, s.theta_low))
+        target = None
+        if s.quality_target is not None:
+            target = qt.TargetState(s.quality_target, s.cost_lambda, rate=s.quality_audit_rate)
+        return MetaLearnerState(*_thresholds(s.theta_high, s.theta_low), target=target)
 
     def step(self, state: MetaLearnerState, event: Event) -> tuple[MetaLearnerState, list[Out]]:
         if event.kind == "answer":
             return self._answer(state, event.record)
         if event.kind == "feedback":
-            return self._feedback(state, event.record), []
+            measured, outs = self._measure(state, event.record)
+            return self._feedback(measured, event.record), outs
         if event.kind == "strategy":
             return self._strategy(state, event.record), []
         return state, []
@@ -135,7 +161,8 @@ class MetaLearnerFold:
         if state.answers % self.settings.metalearn_every:
             return state, []
         s = self.settings
-        event = metalearn.tune(rows(window), state.theta_high, state.theta_low, lam=s.cost_lambda,
+        lam = s.cost_lambda if state.target is None else state.target.cost_lambda
+        event = metalearn.tune(rows(window), state.theta_high, state.theta_low, lam=lam,
                                delta=s.metalearn_delta, ts_ms=int(record["ts_ms"]), cost_scale=self.cost_scale)
         if (event["theta_high"], event["theta_low"]) == (state.theta_high, state.theta_low):
             return state, []
@@ -164,7 +191,36 @@ class MetaLearnerFold:
         if int(record.get("domain", -1)) != -1:
             return state  # per-domain thresholds are not the global pair this fold tunes
         high, low = _thresholds(record["theta_high"], record["theta_low"])
-        return replace(state, theta_high=high, theta_low=low)
+        lam, target = record.get("cost_lambda"), state.target
+        if lam is not None and target is not None:
+            target = replace(target, cost_lambda=operating_point(lam))
+        return replace(state, theta_high=high, theta_low=low, target=target)
+
+    def _measure(self, state: MetaLearnerState, record: dict[str, Any]) -> tuple[MetaLearnerState, list[Out]]:
+        """A verdict as the quality target's evidence: on the delivered answer (its first verdict), the
+        system's quality; on the supervisor of an audited query, the supervisor's. λ may move (an event)."""
+        t = state.target
+        if t is None:
+            return state, []
+        tenant, query_id, model = str(record["tenant"]), str(record["query_id"]), str(record["model"])
+        quality, key = float(record["quality"]), qt.audit_key(tenant, query_id)
+        audited = state.audited
+        if model == self.supervisor and key not in audited and qt.audit_due(key, t.rate):
+            audited = (audited + (key,))[-AUDITS_KEPT:]
+            t = qt.observe(t, qt.Observation(None, 0.0, quality, True, self.cost_scale or 0.0))
+        entry = next((a for a in reversed(state.window) if (a.tenant, a.query_id) == (tenant, query_id)), None)
+        if entry is not None and entry.model == model and entry.verdict is None:
+            t = qt.observe(t, qt.Observation(quality, 0.0))
+        before, state = state.target.cost_lambda, replace(state, target=t, audited=audited)
+        if t.cost_lambda == before:
+            return state, []
+        r, low, high = qt.ratio(t)
+        event = {"version": STRATEGY_VERSION, "theta_high": state.theta_high, "theta_low": state.theta_low,
+                 "domain": -1, "cost_lambda": t.cost_lambda, "ts_ms": int(record.get("ts_ms") or 0),
+                 "reason": f"quality target {t.target:g}: ratio {r:.3f} [{low:.3f}, {high:.3f}] (z={t.z:g}) over "
+                           f"{t.seen} verdicts and {t.audits} audits; λ {before:.4g} -> {t.cost_lambda:.4g}"}
+        echoes = (state.echoes + (_echo_key(event),))[-ECHOES_KEPT:]
+        return replace(state, echoes=echoes), [Out("strategy", event, key="global", stage=STAGE)]
 
 
 def _thresholds(high: float, low: float) -> tuple[float, float]:

@@ -15,7 +15,10 @@ from selfevolve.flow.events import Event, Out
 from selfevolve.models.catalogue import Catalogue
 from selfevolve.routing import RouteQuery, Router, domains
 from selfevolve.routing.history import History
-from selfevolve.wire.records import decision_record, source_of
+from selfevolve.routing.answer_cache import AnswerCache, Entry, cache_key
+from selfevolve.routing.pinning import PINNED, pin
+from selfevolve.routing.reuse import cached
+from selfevolve.wire.records import decision_record, source_of, vector_of
 from selfevolve.wire.tenancy import DEFAULT_TENANT, record_key
 
 STAGE = "route-decisions"
@@ -32,18 +35,32 @@ class RouterState:
     theta_low: float
     hierarchy: dict[str, Any]
     views: dict[int, Catalogue] = field(default_factory=dict, repr=False, compare=False)
+    # The operating point a strategy event set (the quality target's controller); None: settings.cost_lambda.
+    cost_lambda: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"domains": self.domains, "theta_high": self.theta_high, "theta_low": self.theta_low,
-                "hierarchy": self.hierarchy}
+                "hierarchy": self.hierarchy, "cost_lambda": self.cost_lambda}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RouterState:
         try:
             return cls(domains=data["domains"], theta_high=float(data["theta_high"]),
-                       theta_low=float(data["theta_low"]), hierarchy=data["hierarchy"])
+                       theta_low=float(data["theta_low"]), hierarchy=data["hierarchy"],
+                       cost_lambda=None if data.get("cost_lambda") is None else float(data["cost_lambda"]))
         except (KeyError, TypeError, ValueError) as e:
             raise ValidationError(f"not a router state snapshot: {e}") from e
+
+
+def operating_point(lam: Any) -> float:
+    """λ from a strategy event if the router can use it (a finite number >= 0), else ValidationError."""
+    try:
+        value = float(lam)
+    except (TypeError, ValueError) as e:
+        raise ValidationError(f"cost λ must be a number, got {lam!r}") from e
+    if not 0.0 <= value < float("inf"):
+        raise ValidationError(f"cost λ must be finite and >= 0, got {lam}")
+    return value
 
 
 def thresholds(theta_high: float, theta_low: float) -> tuple[float, float]:
@@ -54,7 +71,13 @@ def thresholds(theta_high: float, theta_low: float) -> tuple[float, float]:
 
 
 class RouterFold:
-    """query -> route_decision; model_event -> the hierarchy; strategy -> the thresholds.
+    """query -> route_decision; model_event -> the hierarchy; strategy -> the thresholds; history (a delivery)
+    -> the domains.
+
+    Domains are learnt from deliveries, in the history topic's one order, not from queries as they are
+    routed: every serve worker folds the same deliveries, so all of them hold the same domains, whichever
+    queries each routed. A query's placement is read only (on a copy): a query far from every domain gets
+    the id the next new domain would get, which the delivery that creates it usually confirms.
 
     The environment: the base catalogue, the routing history (read only here: the history fold adds to
     it) and the embedder, a pure function of the text. A step never changes the state it is given: a
@@ -64,11 +87,13 @@ class RouterFold:
     """
 
     name = "router"
-    consumes = ("query", "model_event", "strategy")
+    consumes = ("query", "model_event", "strategy", "history")
 
-    def __init__(self, settings: Settings, catalogue: Catalogue, history: History, embedder) -> None:
+    def __init__(self, settings: Settings, catalogue: Catalogue, history: History, embedder,
+                 cache: AnswerCache | None = None) -> None:
         self.settings, self.catalogue, self.history, self.embedder = settings, catalogue, history, embedder
         self.router = Router(settings, catalogue, history, embedder)
+        self.cache = cache  # read only here (peek): the answer-cache fold fills it from the history topic
 
     def initialize(self) -> RouterState:
         s = self.settings
@@ -97,8 +122,22 @@ class RouterFold:
             return replace(state, hierarchy=hierarchy.apply(state.hierarchy, event.record), views={}), []
         if event.kind == "strategy":
             high, low = thresholds(event.record["theta_high"], event.record["theta_low"])
-            return replace(state, theta_high=high, theta_low=low), []
+            lam = event.record.get("cost_lambda")  # v2: the quality target's λ; None leaves it
+            lam = state.cost_lambda if lam is None else operating_point(lam)
+            return replace(state, theta_high=high, theta_low=low, cost_lambda=lam), []
+        if event.kind == "history" and event.record.get("event") == "delivery":
+            return self._learn_domain(state, event.record), []
         return state, []
+
+    def _learn_domain(self, state: RouterState, record: dict) -> RouterState:
+        """The domains after one delivered query (its vector and text) joined them."""
+        vector = vector_of(record)
+        if vector is None or vector.shape != (self.history.dim,):
+            # A centroid of another width would make every later query's placement raise.
+            raise ValidationError(f"a delivery needs the query's {self.history.dim}-float vector to place it in "
+                                  "a domain")
+        learnt, _ = domains.assign_many(state.domains, vector[None, :], [record.get("text", "")])
+        return replace(state, domains=learnt)
 
     def embed(self, queries: Sequence[dict]) -> np.ndarray:
         """The embeddings of query records, in one call (the host may run this off its event loop)."""
@@ -138,23 +177,41 @@ class RouterFold:
 
     def _route(self, state: RouterState, run: list[Event], vecs: np.ndarray) -> tuple[RouterState, list[Out]]:
         queries = [e.record for e in run]
-        texts = [q["text"] for q in queries]
-        placed_domains, placed = domains.assign_many(state.domains, vecs, texts)
+        # Read only (deliveries teach the domains), and each query alone: placed as a batch, a query would
+        # see its batch-mates' domains, and its decision would depend on how the host cut the batches.
+        placed = [domains.assign_many(state.domains, v[None, :])[1][0] for v in vecs]
         views = state.views
         # Each domain's own roles and activated students: evolution reaches routing at once.
         catalogues = [self._view(state, views, d) for d in placed]
         router = self.router.with_thresholds(state.theta_high, state.theta_low)
+        router = router if state.cost_lambda is None else router.with_lambda(state.cost_lambda)
         found = router.route_many([RouteQuery(q["query_id"], q["text"], q.get("tenant") or DEFAULT_TENANT, v)
                                    for q, v in zip(queries, vecs)], catalogues=catalogues)
         outs = []
         for event, q, d, domain, vec in zip(run, queries, found, placed, vecs):
             source = source_of(event.topic, *event.at) if event.at is not None else ""
             latency = (event.payload or {}).get("decision_ms", 0.0) if isinstance(event.payload, dict) else 0.0
+            d = pin(d, q.get("metadata"), self.catalogue)  # a client-pinned model (the gateway's `model`)
+            entry = self._cached(q, d)
+            d = d if entry is None else cached(d, entry)
             record = decision_record(d, q.get("metadata") or {}, float(latency), int(q.get("ts_ms") or 0),
                                      domain, source, vector=vec)
+            if entry is not None:
+                record.update(cached_from=entry.query_id, cached_answer=entry.answer)
             # Keyed by (tenant, id): its requests and responses carry the same key, so share its partition.
             outs.append(Out("route_decision", record, record_key(q), STAGE))
-        return replace(state, domains=placed_domains, views=views), outs
+        return state, outs  # its views cache was filled in place
+
+    def _cached(self, query: dict, d) -> Entry | None:
+        """The cached answer to an exact repeat of this tenant's query, if one is fresh (event time) and the
+        client did not pin another model."""
+        if self.cache is None:
+            return None
+        entry = self.cache.peek(query.get("tenant") or DEFAULT_TENANT, cache_key(query["text"]),
+                                int(query.get("ts_ms") or 0))
+        if entry is None or (d.strategy == PINNED and d.models != (entry.model,)):
+            return None
+        return entry
 
     def _view(self, state: RouterState, views: dict[int, Catalogue], domain: int) -> Catalogue:
         # The cache belongs to this hierarchy (model events replace it), and the view is a pure function of

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from selfevolve.errors import ValidationError
-from selfevolve.flow.events import INTERNAL, Event, Out
-from selfevolve.flow.learning import Delivery
+from selfevolve.flow.events import Event, Out
+from selfevolve.routing.reuse import CACHED
 from selfevolve.scoring import arbiter, checkers
-from selfevolve.wire.records import (answer_record, decision_from_record, request_record, response_from_record,
+from selfevolve.wire.records import (answer_record, decision_from_record, history_delivery, request_record,
+                                     response_from_record,
                                      score_records, vector_of)
 from selfevolve.wire.tenancy import DEFAULT_TENANT, record_key
 from selfevolve.wire.topics import Topics
@@ -105,7 +106,7 @@ class _Change:
 class ScorerFold:
     """route_decision -> the plan's calls (inference_request); inference_response -> fallback and escalation
     calls, and once the arbiter delivers: the scores, the answer (plus the tenant's own copy when it asked on
-    its own queries topic) and one internal `delivery` Out for the routing history.
+    its own queries topic) and one `history` Out (the delivery every serve worker's routing history learns).
 
     Environment: settings (score weights, sandbox limits, the changelog record size, the topic prefix), the
     catalogue (each call's backend), `known(query_id, tenant)` (the routing history's record of a query: an
@@ -150,8 +151,7 @@ class ScorerFold:
             return state, [], []  # a re-delivered or late event
         if self.codec is not None:  # proven sendable before any of it is kept
             for o in change.outs:
-                if o.kind not in INTERNAL:
-                    self.codec.encode(o.kind, o.record)
+                self.codec.encode(o.kind, o.record)
         return state, change.outs, self._commit(state, change)
 
     def _decision(self, state: ScorerState, record: dict) -> _Change | None:
@@ -168,10 +168,22 @@ class ScorerFold:
         source = record.get("source")
         if key in state.answered or key in state.logs or (past is not None and source and past.source == source):
             return None  # answered already (its marker, or the history), or a re-delivered decision
+        if parsed.strategy == CACHED:
+            return self._reuse(key, record, parsed)
         arb, calls = arbiter.step(self._blank(), parsed)
         log = QueryLog(record)
         self._check_size(key, log)
         return _Change(key, self._requests(record, parsed, calls), log=log, arbiter=arb)
+
+    def _reuse(self, key: str, record: dict, parsed) -> _Change:
+        """A decision answered from the cache: its answer and history event now, no call made, nothing paid."""
+        model = parsed.models[0] if parsed.models else ""
+        verdict = arbiter.Verdict(query_id=parsed.query_id, winner=model or None, answer=record.get("cached_answer", ""),
+                                  confidence=float(parsed.estimates.get(model, 0.0)), scores={}, models_called=(),
+                                  fallbacks=(), cost=0.0, strategy=CACHED, stages=0)
+        outs = self._deliver(key, record, parsed.text, verdict, {"ts_ms": record["ts_ms"]}, None,
+                             cached_from=record.get("cached_from", ""))
+        return _Change(key, outs, answered=Answered(record.get("source", "")))
 
     def _reused(self, state: ScorerState, key: str, record: dict, past) -> bool:
         """A decision for a known (tenant, id) from another query record, not a re-delivery of the same.
@@ -203,7 +215,7 @@ class ScorerFold:
             after = replace(log, responses=log.responses + (record,))
             self._check_size(key, after)
             return _Change(key, outs, log=after, arbiter=arb)
-        outs += self._deliver(key, log.decision, verdict, record, now_ms)
+        outs += self._deliver(key, log.decision, arb.decision.text, verdict, record, now_ms)
         return _Change(key, outs, answered=Answered(log.decision.get("source", "")))
 
     def _requests(self, decision: dict, parsed, calls: list[arbiter.Call]) -> list[Out]:
@@ -213,9 +225,11 @@ class ScorerFold:
         return [Out("inference_request", request_record(c, parsed, decision["metadata"], decision["ts_ms"]), key,
                     f"inference-requests.{self.catalogue.get(c.model).backend}") for c in calls]
 
-    def _deliver(self, key: str, decision: dict, v: arbiter.Verdict, response: dict, now_ms: int | None) -> list[Out]:
+    def _deliver(self, key: str, decision: dict, text: str, v: arbiter.Verdict, response: dict,
+                 now_ms: int | None, cached_from: str = "") -> list[Out]:
         """The scores (keyed by domain: the statistics and gap tables downstream are per domain), the answer
-        and the history's delivery, at the event time of the response that completed the query."""
+        and the history event every serve worker learns from, at the event time of the response that
+        completed the query."""
         ts = int(response.get("ts_ms") or decision["ts_ms"])
         domain, source = decision.get("domain", -1), decision.get("source", "")
         tenant = decision.get("tenant") or DEFAULT_TENANT
@@ -226,9 +240,10 @@ class ScorerFold:
         if self.topics.tenant_of(source.rsplit(":", 2)[0]) == tenant:
             # Asked on its own queries.<T>: the answer goes to answers.<T> too, which only T may read.
             outs.append(Out("answer", dict(answer), tenant, f"answers.{tenant}"))
-        # vector None (a decision written before v4): the host embeds the query's text again.
-        delivery = Delivery(vector_of(decision), v, tenant, ts, source)
-        return outs + [Out("delivery", dict(answer), key, payload=delivery)]
+        # vector None (a decision written before v4): the host embeds the query's text again before sending.
+        history = history_delivery(v, tenant, text, vector_of(decision), domain, ts, source, cached_from)
+        # The Verdict rides along for in-memory runs (the benchmarks' outcomes); only the record is sent.
+        return outs + [Out("history", history, key, "history", payload=v)]
 
     def _commit(self, state: ScorerState, change: _Change) -> list[str]:
         """Apply a computed step (nothing here raises); returns the keys whose entries changed."""

@@ -118,11 +118,12 @@ def outcomes(result: Result, workload: Workload) -> list[Outcome]:
     decisions: dict[str, dict] = {}
     for d in result.of("route_decision"):
         decisions.setdefault(record_key(d), d)
+    answers = {record_key(a): a for a in result.of("answer")}
     out = []
     for o in result.deliveries:
-        a, v = o.record, o.payload.verdict
-        key = record_key(a)
-        d = decisions[key]
+        v = o.payload  # the scorer's Verdict: confidence and stages are not on the topic
+        key = record_key(o.record)
+        a, d = answers[key], decisions[key]
         known = workload.gold.get(key, {})
         out.append(Outcome(key, workload.phase(key), workload.task(key), d["strategy"], tuple(d["models"]), int(d.get("domain", -1)),
                            a["model"], tuple(a["models_called"]), float(a["cost_usd"]), float(v.confidence),

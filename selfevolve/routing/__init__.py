@@ -19,12 +19,17 @@
     (an online ridge regression of the model's verdicts on the embedding, routing/predictor.py) and whose
     counts are the k nearest past queries' verdicts. Plans (routing/plans.py): a model alone, a cheap model
     weak-first, or two cheap voters on a choice question, escalating to the strong model when the arbiter's
-    confidence is under q̂(strong) - λ·price(strong)/ref: λ sets that bar, on any pool size.
+    confidence is under q̂(strong) - λ·price(strong)/ref: λ sets that bar, on any pool size. A lone call to
+    the strong model is shadowed by a cheap one (settings.router_shadow_ratio) while that model has few
+    verdicts near the query: feedback comes only for models called, so this is how the router learns where
+    the cheap model would do (what saves money on a two-model pool).
 
     from selfevolve.routing import target                            # quality target (settings.quality_target)
     state = target.TargetState(settings.quality_target, settings.cost_lambda)
     state = target.observe(state, target.Observation(system_q, predicted_sup_q, sup_q, audited, audit_usd))
     router = router.with_lambda(state.cost_lambda); target.report(state)   # audits: target.audit_due(key, rate)
+    # In the stream: the meta-learner fold keeps this state and sends λ on the strategy topic; the router
+    # calls the supervisor too on audited queries (settings.quality_audit_rate, with a target only).
 """
 
 from selfevolve.routing.policy import HYBRID, PARALLEL, TARGETED, Decision, Router, RouteQuery

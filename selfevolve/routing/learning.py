@@ -29,13 +29,22 @@ def record_delivery(history: History, vector: np.ndarray, verdict, tenant: str =
                     task: str = "", ts_ms: int = 0, source: str = "") -> Record:
     """Store a delivered verdict: what was paid per model and who won; quality waits for feedback.
     A query already in the history (a delivery redone after a crash) keeps its first record."""
-    known = history.get(verdict.query_id, tenant)
-    if known is not None:
-        return known
     # Every called model is listed, failures at their real cost (often 0): they too were paid to try.
     costs = {m: float(verdict.model_costs.get(m, 0.0)) for m in verdict.models_called}
-    rec = Record(query_id=verdict.query_id, tenant=tenant, strategy=verdict.strategy, costs=costs,
-                 quality={m: None for m in costs}, winner=verdict.winner, delivered=True, task=task,
+    return record_delivered(history, vector, verdict.query_id, tenant, verdict.strategy, costs, verdict.winner,
+                            task=task, ts_ms=ts_ms, source=source)
+
+
+def record_delivered(history: History, vector: np.ndarray, query_id: str, tenant: str, strategy: str,
+                     costs: Mapping[str, float], winner: str | None, *, task: str = "", ts_ms: int = 0,
+                     source: str = "") -> Record:
+    """record_delivery from the fields of a history record (selfevolve/wire/records.py history_delivery)."""
+    known = history.get(query_id, tenant)
+    if known is not None:
+        return known
+    costs = {m: float(c) for m, c in costs.items()}
+    rec = Record(query_id=query_id, tenant=tenant, strategy=strategy, costs=costs,
+                 quality={m: None for m in costs}, winner=winner, delivered=True, task=task,
                  ts_ms=ts_ms, source=source)
     history.add(vector, rec)
     return rec

@@ -14,6 +14,7 @@ from selfevolve.errors import ConfigError
 from selfevolve.routing.history import History
 from selfevolve.routing.linear import normalize
 from selfevolve.routing.plans import Plan, Prices, best_plan
+from selfevolve.routing.target import audit_due, audit_key
 from selfevolve.scoring import checkers
 
 TARGETED, HYBRID, PARALLEL = "targeted", "hybrid", "parallel"
@@ -22,6 +23,9 @@ TARGETED, HYBRID, PARALLEL = "targeted", "hybrid", "parallel"
 GLOBAL_STRENGTH = 2.0
 # Cheap models a cascade considers (singly and in pairs): the best few by optimistic value.
 CANDIDATES = 4
+# A lone strong call is shadowed by a cheap model until this many (similarity-weighted) verdicts of that
+# model are among the query's neighbours: enough for its local estimate to lean on evidence, not its prior.
+SHADOW_UNTIL = 3.0
 
 
 def choices(text: str) -> int:
@@ -85,7 +89,8 @@ class Router:
                  cost_lambda: float | None = None, budgets: TenantBudgets | None = None,
                  k: int | None = None, prior_strength: float | None = None, max_parallel: int | None = None,
                  explore: float | None = None, use_similarity: bool = True, cascade: bool = True,
-                 cheap_ratio: float | None = None, use_predictor: bool = True) -> None:
+                 cheap_ratio: float | None = None, use_predictor: bool = True,
+                 shadow_ratio: float | None = None) -> None:
         self.settings, self.catalogue, self.history, self.embedder = settings, catalogue, history, embedder
         self.theta_high = settings.theta_high if theta_high is None else theta_high
         self.theta_low = settings.theta_low if theta_low is None else theta_low
@@ -104,7 +109,10 @@ class Router:
         self.max_parallel = knob(max_parallel, "router_max_parallel")
         self.explore = knob(explore, "router_explore")
         self.cheap_ratio = knob(cheap_ratio, "router_cheap_ratio")
+        self.shadow_ratio = knob(shadow_ratio, "router_shadow_ratio")
         self.use_similarity, self.cascade, self.use_predictor = use_similarity, cascade, use_predictor
+        # Audits measure the quality a target is relative to: only a target pays for them.
+        self.audit_rate = settings.quality_audit_rate if settings.quality_target is not None else 0.0
 
     def _copy(self, **changes) -> Router:
         new = object.__new__(Router)
@@ -215,6 +223,8 @@ class Router:
             return est[m].mean - lam * est[m].cost / ref
 
         strategy, plan, why = self._plan(query, s, active, est, util)
+        plan, why = self._shadow(plan, why, est, util)
+        plan, why = self._audit(query, plan, why, est)
         cap = self._cap(query.tenant)
         costs = {m: est[m].cost for m in names}
         first = fit_budget(list(plan.first), costs, cap)
@@ -263,6 +273,42 @@ class Router:
         first = self._parallel(active, est, util)
         plan = Plan(tuple(first), (), 0.0, 0.0, sum(est[m].cost for m in first))
         return strategy, plan, f"s={s:.2f}<θl: explore one model per role {first}"
+
+    def _shadow(self, plan: Plan, why: str, est: dict[str, Estimate], util) -> tuple[Plan, str]:
+        """A plan calling the top model alone also calls the best cheap model (at most shadow_ratio of top's
+        price): its verdict there teaches the router where the cheap model would have done. Without it only
+        the strong model is judged on those queries, the cheap model's estimate there stays its prior, and
+        the router cannot tell which of them the cheap model could take (feedback comes for models called)."""
+        if self.shadow_ratio <= 0.0 or len(plan.first) != 1 or plan.escalation:
+            return plan, why
+        rank = {x.name: x.role.rank for x in self.catalogue.active()}
+        top = plan.first[0]
+        if rank.get(top) != max(rank.values()):
+            return plan, why
+        cheap = [m for m in est if m != top and est[m].cost <= self.shadow_ratio * est[top].cost]
+        if not cheap:
+            return plan, why
+        c = max(cheap, key=lambda m: (self._ucb(est, util, m), -est[m].cost, m))
+        if est[c].n >= SHADOW_UNTIL:
+            return plan, why  # its verdicts on queries like this one are known already: no need to pay
+        return replace(plan, first=(c, top), expected_cost=plan.expected_cost + est[c].cost), why + f"; {c} shadows"
+
+    def _audit(self, query: RouteQuery, plan: Plan, why: str, est: dict[str, Estimate]) -> tuple[Plan, str]:
+        """An audited query (a fixed fraction, by hash of tenant/id: target.audit_due) also calls the
+        dearest supervisor in its first stage, so that its verdict arrives: a uniform sample of the
+        supervisor's quality, which the quality target is relative to. Its later stages then skip it."""
+        if self.audit_rate <= 0.0 or not audit_due(audit_key(query.tenant, query.query_id), self.audit_rate):
+            return plan, why
+        sups = [x for x in self.catalogue.active() if x.role == Role.SUPERVISOR]
+        if not sups:
+            return plan, why
+        sup = max(sups, key=lambda x: (x.cost_per_call or 0.0, x.name)).name
+        if sup in plan.first:
+            return plan, why + "; audited"
+        stages = tuple(st for st in plan.escalation if sup not in st)
+        return (replace(plan, first=plan.first + (sup,), escalation=stages, escalate_below=plan.escalate_below
+                        if stages else 0.0, expected_cost=plan.expected_cost + est[sup].cost),
+                why + f"; audited: {sup} called too")
 
     def _ucb(self, est, util, m: str) -> float:
         # Optimism shrinking with the model's verdict count: an untried model gets tried, then judged.

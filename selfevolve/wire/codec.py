@@ -164,11 +164,14 @@ class Codec:
         if missing:
             raise ValidationError(
                 f"{kind} record is missing required field(s) {', '.join(map(repr, sorted(missing)))}")
-        # The writer alone would truncate a float into a long or overflow an int without complaint.
-        try:
-            avro_validate(full, s.parsed, raise_errors=True)
-        except AvroValidationError as e:
-            raise ValidationError(f"{kind} record does not fit its schema: {'; '.join(map(str, e.errors))}") from e
+        # The writer alone would truncate a float into a long or overflow an int without complaint. Checked
+        # without errors first: with raise_errors=True fastavro builds an error (a JSON dump of the datum) for
+        # every union branch it tries and rejects (a vector's "null"), 6x the cost of the check itself.
+        if not avro_validate(full, s.parsed, raise_errors=False):
+            try:
+                avro_validate(full, s.parsed, raise_errors=True)
+            except AvroValidationError as e:
+                raise ValidationError(f"{kind} record does not fit its schema: {'; '.join(map(str, e.errors))}") from e
         buf = io.BytesIO()
         buf.write(s.header)
         try:

@@ -106,3 +106,22 @@ def answer_record(v: arbiter.Verdict, tenant: str, domain: int, latency_ms: floa
             "composite": composite, "cost_usd": float(v.cost), "strategy": v.strategy,
             "models_called": list(v.models_called), "fallbacks": list(v.fallbacks), "domain": domain,
             "latency_ms": float(latency_ms), "ts_ms": ts_ms}
+
+
+def history_delivery(v: arbiter.Verdict, tenant: str, text: str, vector, domain: int, ts_ms: int,
+                     source: str, cached_from: str = "") -> dict:
+    """The history topic's record of a delivered answer: what every serve worker's routing history, domains
+    and answer cache learn from it. Every called model is listed, failures at their real cost (often 0):
+    they too were paid to try."""
+    return {"event": "delivery", "query_id": v.query_id, "tenant": tenant, "ts_ms": int(ts_ms), "source": source,
+            "text": text, "vector": vector_bytes(vector), "winner": v.winner, "strategy": v.strategy,
+            "costs": {m: float(v.model_costs.get(m, 0.0)) for m in v.models_called}, "domain": int(domain),
+            "answer": v.answer, "cached_from": cached_from, "model": "", "quality": 0.0}
+
+
+def history_feedback(fb: Mapping) -> dict:
+    """The history topic's record of an accepted verdict (a feedback record the feedback host let through)."""
+    return {"event": "feedback", "query_id": fb["query_id"], "tenant": fb["tenant"], "ts_ms": int(fb["ts_ms"]),
+            "source": fb.get("source") or "", "text": "", "vector": None, "winner": None, "strategy": "",
+            "costs": {}, "domain": -1, "answer": "", "cached_from": "", "model": fb["model"],
+            "quality": float(fb["quality"])}

@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "gaps": "gap",
     "spawns": "spawn",
     "strategy": "strategy",
+    "history": "history",
 }
 
 

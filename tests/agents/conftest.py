@@ -12,8 +12,8 @@ from streams.app import create_app
 
 
 class Harness:
-    def __init__(self, settings: Settings, modules: tuple[str, ...]):
-        self.app, self.rt = create_app(settings, modules=modules)
+    def __init__(self, settings: Settings, modules: tuple[str, ...], role: str = "serve"):
+        self.app, self.rt = create_app(settings, modules=modules, role=role)
         self.sent: list[tuple[str, str, dict, str | None]] = []
         self.hold_acks = False  # True: sends stay unacknowledged until release_acks(), like a slow broker
         self.pending: list[asyncio.Future] = []
@@ -64,7 +64,7 @@ class Harness:
 
 @pytest.fixture
 def harness(tmp_path):
-    def make(*modules: str, **overrides) -> Harness:
-        return Harness(Settings(topic_prefix="agents.", home=tmp_path, **overrides), modules)
+    def make(*modules: str, role: str = "serve", **overrides) -> Harness:
+        return Harness(Settings(topic_prefix="agents.", home=tmp_path, **overrides), modules, role)
 
     return make

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from selfevolve.evolution import stats
+from selfevolve.flow.events import Event
 from selfevolve.models.catalogue import Catalogue
 from streams.evolution_agent import GAPS_TABLE, STATS_TABLE
 
@@ -61,8 +62,14 @@ def test_feedback_agent_learns_only_about_called_models(harness):
         await feedback_batch(h.rt, serve, msgs)
 
     asyncio.run(run())
-    rec = serve.history.get("q1")
-    assert rec.quality == {"m1": 1.0}  # m2 was never called: nothing is learnt about it
+    # Both go to the history topic (the shared feedback topic is trusted); every replica folds them.
+    sent = [(topic, key, r) for topic, kind, r, key in h.sent if kind == "history"]
+    assert [(topic, key, r["event"], r["model"]) for topic, key, r in sent] == [
+        (h.rt.topics.history, "default/q1", "feedback", "m1"), (h.rt.topics.history, "default/q1", "feedback", "m2")]
+    assert serve.history.get("q1").quality == {"m1": None}  # not applied here: the follower folds the topic
+    for _, _, r in sent:
+        serve.apply(Event("history", r))
+    assert serve.history.get("q1").quality == {"m1": 1.0}  # m2 was never called: nothing is learnt about it
 
 
 def test_stats_agent_counts_a_redelivered_score_once(harness):

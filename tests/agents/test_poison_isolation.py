@@ -142,7 +142,7 @@ def test_a_stream_agent_dead_letters_a_record_its_handler_fails_on_and_goes_on(h
             raise ValueError("theta_high out of range")
         applied.append(event.record["theta_high"])
 
-    h = harness("streams.model_events")
+    h = harness("streams.model_events", role="history")  # serve workers skip it instead (group-less followers)
     h.rt.followers.append(follower)
 
     def strategy(theta_high: float) -> bytes:

@@ -72,12 +72,12 @@ def test_only_the_serve_role_reads_or_writes_the_routing_history(tmp_path):
 
     saved = History(dim=embedding_dim(settings))
     saved.add(np.ones(saved.dim, np.float32), Record("q1"))
-    saved.save(tmp_path / "history")
+    saved.save(tmp_path / "history" / "0")  # serve worker 0's folder
     _, serve = create_app(settings, modules=(), role="serve")
     _, history = create_app(settings, modules=(), role="history")
     assert len(serve.serving().history) == 1 and len(history.serving().history) == 0
     history.save()  # a no-op: the serve worker's snapshot stays as it was
-    assert len(History.load(tmp_path / "history")) == 1
+    assert len(History.load(tmp_path / "history" / "0")) == 1
 
 
 def test_a_decision_carries_the_query_vector_its_event_time_and_the_latency_measured_by_the_host(harness):
@@ -99,36 +99,84 @@ def test_the_router_state_and_history_survive_a_restart_and_evolution_is_replaye
     from selfevolve.flow.events import Event
     from streams.evolution_follow import follow
 
+    from selfevolve.scoring.arbiter import Verdict
+    from selfevolve.wire.records import history_delivery, vector_of
+
     h = harness("streams.router")
     asyncio.run(_route(h, _query(h.rt.codec, "q-1", "Which gas do plants absorb?")))
-    follow(h.rt, Event("strategy", {"theta_high": 0.9, "theta_low": 0.1, "domain": -1, "reason": "", "ts_ms": 1}))
     serve = h.rt.serving()
+    assert serve.router_state.domains["ids"] == []  # routing places a query read only
+    # Its delivery, as the history follower folds it, teaches the domains and the history.
+    ((_, _, d, _),) = h.sent
+    v = Verdict("q-1", "m", "A", 1.0, {}, ("m",), (), 0.001, d["strategy"], 1, {"m": 0.001})
+    serve.apply(Event("history", history_delivery(v, "t1", "Which gas do plants absorb?", vector_of(d), -1, 5, "")))
+    serve.offset = 1
+    follow(h.rt, Event("strategy", {"theta_high": 0.9, "theta_low": 0.1, "domain": -1, "reason": "", "ts_ms": 1}))
     assert (serve.router_state.theta_high, serve.router_state.theta_low) == (0.9, 0.1)  # the follower applied it
     h.rt.save()
     again = harness("streams.router").rt.serving()  # same home: a restarted serve worker
     assert again.router_state.domains == serve.router_state.domains and again.router_state.domains["ids"]
+    assert (len(again.history), again.offset) == (1, 1) and again.known("q-1", "t1") is not None
     # Thresholds and roles come back from the strategy and model-events topics (recover), not the snapshot.
     assert (again.router_state.theta_high, again.router_state.theta_low) == (0.80, 0.50)
     assert again.router_state.hierarchy == hierarchy.from_catalogue(again.catalogue)
 
 
-def test_a_strategy_the_router_fold_refuses_is_dead_lettered_and_the_next_applies(harness):
+def test_a_strategy_the_router_fold_refuses_is_skipped_by_a_serve_worker_and_the_next_applies(harness):
+    """Serve workers follow the strategy topic without a consumer group (every one reads every event): a
+    refused event is skipped, by each alike; the history role, which runs once, dead-letters it."""
+    from streams.evolution_follow import _apply
+
     h = harness("streams.router", "streams.model_events")
+    assert "strategy" not in h.app.agents  # a task of the worker, not a Faust agent
+
+    def strategy(offset: int, high: float, low: float) -> SimpleNamespace:
+        value = h.rt.codec.encode("strategy", {"theta_high": high, "theta_low": low, "reason": "t", "ts_ms": 1})
+        return SimpleNamespace(topic=h.rt.topics.strategy, partition=0, offset=offset, key=None, value=value)
+
+    _apply(h.rt, "strategy", strategy(0, 0.4, 0.6))  # θl > θh
+    state = h.rt.serving().router_state
+    assert (state.theta_high, state.theta_low) == (0.80, 0.50)
+    _apply(h.rt, "strategy", strategy(1, 0.85, 0.3))
+    state = h.rt.serving().router_state
+    assert (state.theta_high, state.theta_low) == (0.85, 0.3) and h.of_kind("dead_letter") == []
+
+
+def test_the_history_role_dead_letters_a_strategy_its_folds_refuse(tmp_path):
+    from selfevolve.config import Settings
+    from streams.app import create_app
+
+    from streams.metalearner import MetaLearnerHost
+
+    app, rt = create_app(Settings(topic_prefix="agents.", home=tmp_path), modules=("streams.model_events",),
+                         role="history")
+    host = MetaLearnerHost.attach(rt)
+    sent = []
+
+    async def capture(topic, kind, record, key):
+        sent.append((kind, record))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    rt.send = capture
 
     def strategy(high: float, low: float) -> bytes:
-        return h.rt.codec.encode("strategy", {"theta_high": high, "theta_low": low, "reason": "t", "ts_ms": 1})
+        return rt.codec.encode("strategy", {"theta_high": high, "theta_low": low, "reason": "t", "ts_ms": 1})
 
     async def run():
-        async with h.agent("strategy").test_context() as agent:
-            await agent.put(strategy(0.4, 0.6))  # θl > θh
+        async with app.agents["strategy"].test_context() as agent:
+            await agent.put(strategy(0.4, 0.6))  # θl > θh: the meta-learner's fold refuses it
             await agent.put(strategy(0.85, 0.3))
-            await h.wait_for("dead_letter", 1, timeout=10)
+            for _ in range(200):
+                if sent:
+                    break
+                await asyncio.sleep(0.05)
 
     asyncio.run(run())
-    (letter,) = h.of_kind("dead_letter")
-    assert "need 0 <= θl <= θh" in letter["reason"]
-    state = h.rt.serving().router_state
-    assert (state.theta_high, state.theta_low) == (0.85, 0.3)
+    ((kind, letter),) = sent
+    assert kind == "dead_letter" and "θ" in letter["reason"]
+    assert (host.state.theta_high, host.state.theta_low) == (0.85, 0.3)
 
 
 @pytest.mark.parametrize("out, topic", [
@@ -136,6 +184,7 @@ def test_a_strategy_the_router_fold_refuses_is_dead_lettered_and_the_next_applie
     (("inference_request", "inference-requests.openai"), "agents.inference-requests.openai"),
     (("answer", "answers.acme"), "agents.answers.acme"),
     (("answer", "answers"), "agents.answers"),
+    (("history", "history"), "agents.history"),  # deliveries and verdicts: one topic every replica folds
 ])
 def test_send_out_sends_to_the_topic_of_the_stage(harness, out, topic):
     from selfevolve.flow.events import Out
@@ -145,12 +194,14 @@ def test_send_out_sends_to_the_topic_of_the_stage(harness, out, topic):
 
 
 @pytest.mark.parametrize("kind, stage, match", [
-    ("delivery", "", "internal"),
+    ("delivery", "history", "cannot go to stage"),  # no kind of its own: a history record's event
+    ("history", "", "cannot go to stage"),
+    ("history", "history.acme", "no per-backend or per-tenant topics"),
     ("answer", "scores", "cannot go to stage"),
     ("answer", "answers.Not-A-Tenant", "invalid tenant name"),
     ("score", "scores.x", "no per-backend or per-tenant topics"),
 ])
-def test_send_out_refuses_internal_kinds_and_mismatched_stages(harness, kind, stage, match):
+def test_send_out_refuses_mismatched_kinds_and_stages(harness, kind, stage, match):
     from selfevolve.errors import SelfEvolveError
     from selfevolve.flow.events import Out
 

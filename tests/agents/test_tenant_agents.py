@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+from selfevolve.flow.events import Event
 from streams.feedback import feedback_batch
 from streams.router import route_batch
 from streams.scorer import Scorer, score_batch
@@ -105,8 +106,10 @@ def test_two_tenants_with_the_same_id_are_both_answered_each_on_its_own_topic(ha
     keys = {key for topic, kind, _, key in h.sent if kind == "inference_request"}
     assert keys == {"a/same", "b/same"}, "requests are keyed by the query's (tenant, id), like its decision"
     assert {s["tenant"] for s in h.of_kind("score")} == {"a", "b"}
-    history = h.rt.serving().history
-    assert history.get("same", "a") is not None and history.get("same", "b") is not None
+    serve = h.rt.serving()
+    for record in h.of_kind("history"):  # as the history follower folds the topic
+        serve.apply(Event("history", record))
+    assert serve.history.get("same", "a") is not None and serve.history.get("same", "b") is not None
 
 
 def test_a_reused_id_is_dead_lettered_and_the_first_query_answered_once(harness):
@@ -162,5 +165,11 @@ def test_feedback_comes_only_from_the_tenant_that_owns_the_query(harness):
                                                                   (t.feedback_for("b"), 0), (t.feedback_for("b"), 1)]
     assert "feedback for a query tenant b does not own" in letters[1]["reason"]
     assert "tenant mismatch" in letters[2]["reason"]
+    # The accepted verdicts go to the history topic, keyed by their query; every replica folds them.
+    accepted = [(key, r) for _, kind, r, key in h.sent if kind == "history"]
+    assert [(key, r["event"], r["quality"]) for key, r in accepted] == [("b/qb", "feedback", 1.0),
+                                                                        ("a/qa", "feedback", 0.5)]
+    for _, r in accepted:
+        serve.apply(Event("history", r))
     assert serve.history.get("qa", "a").quality == {"m1": 0.5}
     assert serve.history.get("qb", "b").quality == {"m1": 1.0}

@@ -51,15 +51,14 @@ def _workload(settings):
 
 
 def _expected_groups(settings) -> dict[str, list[str]]:
-    """Which consumer group reads which topic: the serve role's tasks and agents, the model worker, and the
-    history role's agents and sink (the meta-learner's input)."""
+    """Which consumer group reads which topic: the serve role's tasks, the model worker, and the history
+    role's agents and sink (the meta-learner's input)."""
     t = Topics.from_settings(settings)
     return {
         group_id(settings, "router"): [t.queries],
         group_id(settings, "scorer"): [t.route_decisions, t.inference_responses],
         MODEL_GROUP: [t.requests_for("replay")],
         group_id(settings, "feedback"): [t.feedback],
-        group_id(settings, "streams"): [t.model_events, t.strategy],
         group_id(settings, "history"): [t.scores, t.model_events, t.strategy],
         group_id(settings, "sink"): [t.answers, t.feedback, t.strategy],
     }
@@ -71,7 +70,9 @@ async def _through_kafka(settings, work) -> dict[str, list[dict]]:
     prod = producer(settings)
     await prod.start()
     try:
-        async with Settler(settings, _expected_groups(settings)) as settler:
+        # The serve worker's history replica and evolution followers read without a group: asked directly.
+        replica = f"http://127.0.0.1:{settings.web_port}/replica"
+        async with Settler(settings, _expected_groups(settings), replicas=[replica]) as settler:
             for q in work.queries:
                 key = query_key(q["tenant"], q["query_id"]).encode()
                 await prod.send_and_wait(t.queries, key=key, value=codec.encode("query", q))

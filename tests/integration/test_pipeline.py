@@ -137,7 +137,7 @@ def test_bad_events_go_to_dead_letter_and_good_ones_are_answered(stack, stack_se
         by_key[letter["payload_sha256"]] = letter  # the payload itself is a bounded prefix
     for key, value, reason in bad:
         digest = hashlib.sha256(value).hexdigest()
-        assert digest in by_key, key
+        assert digest in by_key, (key, [(l["source_topic"], l["reason"][:150]) for l in letters])
         assert reason in by_key[digest]["reason"], (key, by_key[digest]["reason"])
     answers = asyncio.run(_read_all(stack_settings, topics.answers, "answer", len(good), 180))
     assert sorted(a["query_id"] for a in answers) == sorted(good)

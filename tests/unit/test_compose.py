@@ -32,7 +32,7 @@ def test_every_selfevolve_variable_is_a_setting_and_parses(monkeypatch):
             monkeypatch.setenv(k, re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", v))
         s = Settings()
         assert s.kafka_bootstrap == "kafka:9092" and s.clickhouse_url.startswith("http://")
-        assert s.kafka_security == "sasl" and s.kafka_username in ("admin", "serve", "history", "model")
+        assert s.kafka_security == "sasl" and s.kafka_username in ("admin", "serve", "history", "model", "gateway")
 
 
 def _all_values(node) -> list[str]:
@@ -85,9 +85,9 @@ def test_workers_get_secrets_as_files_not_environment_variables():
             assert set(secrets[s["source"]]) == {"environment"}, s  # from the host's environment only
     # Each role sees its own Kafka password only; only the model worker gets the OpenAI key.
     sources = {name: {s["source"] for s in svc.get("secrets", [])} for name, svc in OURS.items()}
-    assert sources["streams"] == {"kafka_serve_password"}
+    assert sources["serve"] == {"kafka_serve_password"}
     assert sources["model-worker"] == {"kafka_model_password", "openai_api_key"}
-    assert "openai_api_key" not in sources["history"] | sources["streams"]
+    assert "openai_api_key" not in sources["history"] | sources["serve"]
 
 
 def test_the_broker_enforces_acls_on_authenticated_listeners():
@@ -147,7 +147,46 @@ def test_each_agent_runs_in_one_role_and_only_the_evolution_followers_in_both():
     from streams.app import ROLES
 
     serve, history = set(ROLES["serve"]), set(ROLES["history"])
-    assert serve & history == {"streams.model_events"}
+    assert serve & history == {"streams.model_events", "streams.metrics"}  # metrics: each process serves its own
     # The answer path holds the routing history in memory; the sink holds the chdb directory.
     assert {"streams.router", "streams.scorer", "streams.feedback"} <= serve
     assert {"streams.sink", "streams.evolution_agent"} <= history
+
+
+def _volume_targets(svc: dict) -> list[tuple[str | None, str]]:
+    """(source, container path) of each volume; source None for an anonymous volume (one per container)."""
+    out = []
+    for v in svc.get("volumes", []):
+        if isinstance(v, dict):
+            out.append((v.get("source"), v["target"]))
+        else:
+            parts = str(v).split(":")
+            out.append((None, parts[0]) if len(parts) == 1 else (parts[0], parts[1]))
+    return out
+
+
+def test_the_serve_service_scales_out():
+    """`docker compose up --scale serve=N`: replicas need distinct container names (so none is fixed), no host
+    port (N containers cannot bind one), and a home of their own (their history snapshots must not collide)."""
+    serve = COMPOSE["services"]["serve"]
+    assert "container_name" not in serve and "ports" not in serve and "hostname" not in serve
+    assert serve.get("network_mode") != "host"  # all replicas would listen on one /ready port
+    assert int(serve.get("deploy", {}).get("replicas", 1)) >= 1
+    assert "--scale serve=" in (ROOT / "docker-compose.yml").read_text()  # documented where it is used
+    home = _env(serve)["SELFEVOLVE_HOME"]
+    sources = [src for src, target in _volume_targets(serve) if target == home or home.startswith(target + "/")]
+    assert sources == [None], "each replica's home must be its own (anonymous) volume, not a shared one"
+    assert "SELFEVOLVE_SERVE_WORKER" not in _env(serve)  # same index in every replica: fine on its own volume
+    assert _roles([list(serve["entrypoint"]) + list(serve["command"])]) == ["serve"]
+
+
+def test_the_history_service_is_never_scaled():
+    """One sink (and one statistics and meta-learner fold): a container_name makes compose refuse to scale it."""
+    for name, svc in OURS.items():
+        if _roles([list(svc["entrypoint"]) + list(svc.get("command", []))]) == ["history"]:
+            assert svc.get("container_name") and int(svc.get("deploy", {}).get("replicas", 1)) == 1, name
+            assert "ports" not in svc
+    shared = {src for svc in OURS.values() for src, _ in _volume_targets(svc) if src}
+    assert all(src in COMPOSE["volumes"] for src in shared)
+    uses = [n for n, svc in OURS.items() for src, _ in _volume_targets(svc) if src == "selfevolve-home"]
+    assert uses == ["history"], uses  # a named home volume is one writer's

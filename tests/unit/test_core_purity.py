@@ -56,7 +56,7 @@ IO_MODULES = {
 # 4. What a pure module may import besides the core (first component of the dotted name).
 PURE_IMPORTS = ("__future__", "abc", "base64", "bisect", "collections", "copy", "dataclasses", "enum", "functools",
                 "hashlib", "heapq", "itertools", "json", "math", "numbers", "operator", "random", "re", "statistics",
-                "string", "struct", "types", "typing", "numpy")
+                "string", "struct", "types", "typing", "unicodedata", "numpy")
 # ... and, per package, tensor libraries for the student's math (no I/O of their own is called: rule 4's calls).
 PURE_EXTRA = {"distill/": ("torch", "peft")}
 BUILTIN_IO = frozenset({"open", "print", "input", "exec", "eval", "compile", "breakpoint", "__import__"})

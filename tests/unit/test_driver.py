@@ -1,4 +1,4 @@
-"""The in-memory driver on tiny fake folds: topic order, responder, internal deliveries, dead letters, windows."""
+"""The in-memory driver on tiny fake folds: topic order, responder, history records, dead letters, windows."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from selfevolve.flow import driver
+from selfevolve.flow import dataflow, driver
 from selfevolve.flow.driver import Driver, DriverError
 from selfevolve.flow.events import Event, Out
 
+SEEN: list[tuple[str, str, str]] = []  # (fold, history event, query id) as the folds reading history saw them
+
 
 class Router:
-    """query -> route_decision naming two models; refuses a query whose text is 'poison'."""
+    """query -> route_decision naming two models; refuses a query whose text is 'poison'. Notes the history
+    records it reads (the real router learns its domains from them) without counting them in its state."""
 
     name = "router"
-    consumes = ("query",)
+    consumes = ("query", "history")
 
     def __init__(self) -> None:
         self.batches: list[int] = []
@@ -24,6 +27,9 @@ class Router:
         return 0
 
     def step(self, state: int, event: Event):
+        if event.kind == "history":
+            SEEN.append((self.name, event.record["event"], event.record["query_id"]))
+            return state, []
         q = event.record
         if q["text"] == "poison":
             raise ValueError("cannot route poison")
@@ -47,7 +53,7 @@ class ScorerState:
 
 
 class Scorer:
-    """decision -> two requests; two responses -> an answer, a tenant copy and an internal delivery."""
+    """decision -> two requests; two responses -> an answer, a tenant copy and a history delivery record."""
 
     name = "scorer"
     consumes = ("route_decision", "inference_response")
@@ -71,18 +77,33 @@ class Scorer:
         rest = {k: v for k, v in state.open.items() if k != r["query_id"]}
         return replace(state, open=rest), [Out("answer", ans, r["tenant"], "answers"),
                                            Out("answer", ans, r["tenant"], f"answers.{r['tenant']}"),
-                                           Out("delivery", ans, r["query_id"], payload=("vec", r["query_id"]))]
+                                           Out("history", {**ans, "event": "delivery"}, r["query_id"], "history",
+                                               payload=("verdict", r["query_id"]))]
+
+
+class Feedback:
+    """feedback -> one history record (event=feedback)."""
+
+    name = "feedback"
+    consumes = ("feedback",)
+
+    def initialize(self) -> None:
+        return None
+
+    def step(self, state: None, event: Event):
+        return state, [Out("history", {**event.record, "event": "feedback"}, event.record["query_id"], "history")]
 
 
 class History:
     name = "history"
-    consumes = ("delivery", "feedback")
+    consumes = ("history",)
 
     def initialize(self) -> list:
         return []
 
     def step(self, state: list, event: Event):
-        return state + [(event.kind, event.record["query_id"], event.payload)], []
+        SEEN.append((self.name, event.record["event"], event.record["query_id"]))
+        return state + [(event.record["event"], event.record["query_id"], event.payload)], []
 
 
 class Answers:
@@ -95,6 +116,7 @@ class Answers:
         return []
 
     def step(self, state: list, event: Event):
+        SEEN.append((self.name, "answer", event.record["query_id"]))
         return state + [(event.record["query_id"], event.topic, event.at)], []
 
 
@@ -108,10 +130,16 @@ def queries(*texts: str) -> list[dict]:
 
 
 def folds(router=None):
-    return [router or Router(), Scorer(), History(), Answers()]
+    """In dataflow.GRAPH's order, as dataflow.build gives them."""
+    return [router or Router(), Scorer(), Feedback(), History(), Answers()]
 
 
-def test_topic_order_responder_and_internal_delivery():
+@pytest.fixture(autouse=True)
+def _clear_seen():
+    SEEN.clear()
+
+
+def test_topic_order_responder_and_history_deliveries():
     r = driver.run(folds(), [("query", q) for q in queries("one", "two")], respond)
     # The router decides both queries before the scorer sees either decision, as the topics deliver them.
     kinds = [o.kind for o in r.log]
@@ -119,9 +147,11 @@ def test_topic_order_responder_and_internal_delivery():
     assert [a["query_id"] for a in r.of("answer")] == ["q0", "q1"]
     assert all(a["model"] == "b" for a in r.of("answer"))  # every request got the responder's answer
     assert len(r.of("inference_request")) == len(r.of("inference_response")) == 4
-    # Internal deliveries reach the history in-process, with their payload, and never a topic.
-    assert r.states["history"] == [("delivery", "q0", ("vec", "q0")), ("delivery", "q1", ("vec", "q1"))]
-    assert "delivery" not in r.records and len(r.deliveries) == 2
+    # Deliveries travel on the history topic like any record; the payload (the Verdict) rides along in memory.
+    assert r.states["history"] == [("delivery", "q0", None), ("delivery", "q1", None)]
+    assert [d["query_id"] for d in r.of("history")] == ["q0", "q1"]
+    assert [(o.record["query_id"], o.stage, o.payload) for o in r.deliveries] == [
+        ("q0", "history", ("verdict", "q0")), ("q1", "history", ("verdict", "q1"))]
     # The tenant's copy is sent (log) but neither stored nor read: one answer each on the shared topic.
     assert [o.stage for o in r.log if o.kind == "answer"] == ["answers", "answers.t"] * 2
     assert r.states["answers"] == [("q0", "selfevolve.answers", (0, 0)), ("q1", "selfevolve.answers", (0, 1))]
@@ -214,3 +244,40 @@ def test_given_states_are_kept():
     d = Driver(folds(), respond, states={"router": 40})
     d.send("query", queries("a")[0])
     assert d.run().states["router"] == 41
+
+
+def test_history_records_are_queued_and_reach_the_router_then_the_history_fold():
+    """Delivery and feedback records wait their turn in the FIFO (not applied on the spot), and each reaches
+    every fold reading `history` in dataflow.GRAPH's order: router, then history."""
+    graph = [n.name for n in dataflow.GRAPH]
+    names = [f.name for f in folds() if f.name != "answers"]
+    assert [n for n in graph if n in names] == names  # the fakes stand in GRAPH's order
+    assert dataflow.consumers("history")[:2] == ["router", "history"]
+
+    def gold(answer):
+        return [{"query_id": answer["query_id"], "tenant": "t", "model": "a", "quality": 1.0, "ts_ms": 0}]
+
+    r = driver.replay(Driver(folds(), respond), queries("a", "b"), gold, window=2)
+    want = [("delivery", "q0"), ("delivery", "q1"), ("feedback", "q0"), ("feedback", "q1")]
+    assert [s for s in SEEN if s[0] != "answers"] == [(fold, *w) for w in want for fold in ("router", "history")]
+    assert [(o.record["event"], o.record["query_id"]) for o in r.log if o.kind == "history"] == want
+    # Queued: the scorer sent q0's answer before its delivery, so the answer is read first (applied on the
+    # spot, the delivery would overtake it).
+    assert SEEN.index(("answers", "answer", "q0")) < SEEN.index(("router", "delivery", "q0"))
+    assert [o.record["query_id"] for o in r.deliveries] == ["q0", "q1"]
+    assert all(o.record["event"] == "delivery" for o in r.deliveries)
+
+
+def test_a_history_record_a_fold_refuses_is_dead_lettered_once_and_the_other_reader_still_gets_it():
+    class Picky(History):
+        def step(self, state, event):
+            if event.record["query_id"] == "q1":
+                raise ValueError("bad vector")
+            return super().step(state, event)
+
+    r = driver.run([Router(), Scorer(), Feedback(), Picky(), Answers()], [("query", q) for q in queries("a", "b")],
+                   respond)
+    (dl,) = r.dead_letters
+    assert dl["source_topic"] == "selfevolve.history" and "bad vector" in dl["reason"]
+    assert [s for s in SEEN if s[2] == "q1" and s[0] != "answers"] == [("router", "delivery", "q1")]
+    assert [q for _, q, _ in r.states["history"]] == ["q0"]

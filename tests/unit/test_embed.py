@@ -151,6 +151,24 @@ def test_only_the_last_max_tokens_pieces_count(built, kind):
     assert one @ other < 0.9
 
 
+def test_the_static_model_reads_a_tail_and_gets_the_whole_texts_vectors(built):
+    """It tokenizes only a long text's tail: the vectors are those of the whole text, whatever the text."""
+    from selfevolve.routing import embed
+
+    e = Embedder(Settings(embedder="static", embed_max_tokens=32), cache_size=0)
+    model = e._load()
+    words = ["photosynthesis", "a", "Ünïcödé", "x" * 40, "3.14159", "(foo)", "don't", "\t", "\n", "日本語"]
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, size=n)) for n in (1, 5, 31, 40, 80, 300)]
+    texts += ["y" * 5000, "z " * 3000, ("supercalifragilistic" * 20 + " ") * 10, ""]
+    assert any(embed.tail(t, model.tail_chars) is not t for t in texts)
+    got = model.encode(texts)
+    model.tail_chars = 0  # the whole text, tokenized as before
+    np.testing.assert_array_equal(got, model.encode(texts))
+    assert embed.tail("ab cd", 0) == "ab cd" and embed.tail("ab cd ef", 4) == "ef"
+    assert embed.tail("abcdef", 3) == "abcdef"  # no word boundary in the tail: the whole text
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_second_embedder_shares_the_model_but_not_the_cache(real, kind):
     cold = real[kind]

@@ -1,4 +1,4 @@
-"""The twelve event kinds are listed once (selfevolve/wire/topics.py STAGES) and everything else agrees with it:
+"""The thirteen event kinds are listed once (selfevolve/wire/topics.py STAGES) and everything else agrees with it:
 the Avro schemas, the codec, the folds' KINDS, the store's tables and the ClickHouse DDL."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ THE_LIST = ROOT / "selfevolve" / "wire" / "topics.py"
 MOST = 8
 
 
-def test_there_are_twelve_kinds_one_per_stage():
-    assert len(STAGES) == 12 and len(set(STAGES.values())) == 12
+def test_there_are_thirteen_kinds_one_per_stage():
+    assert len(STAGES) == 13 and len(set(STAGES.values())) == 13
 
 
 def test_schema_files_codec_and_folds_name_the_same_kinds():
@@ -70,5 +70,5 @@ def test_no_other_hand_written_list_of_the_kinds(path):
 def test_the_list_detector_sees_a_list(tmp_path):
     f = tmp_path / "f.py"
     f.write_text(f"A = {tuple(sorted(TABLES.values()))!r}\nB = ('query', 'answer')\n")
-    assert _literal_lists(f) == [(1, "tables", 12)]
-    assert {(what, n) for _, what, n in _literal_lists(THE_LIST)} >= {("kinds", 12), ("stages", 12)}
+    assert _literal_lists(f) == [(1, "tables", 13)]
+    assert {(what, n) for _, what, n in _literal_lists(THE_LIST)} >= {("kinds", 13), ("stages", 13)}

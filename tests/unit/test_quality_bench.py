@@ -121,5 +121,49 @@ def test_the_pass_runs_the_shipped_folds_and_reads_gold_after_delivery(small, mo
     monkeypatch.setattr(driver, "replay", lambda d, *a, **kw: calls.append([f.name for f in d.folds])
                         or original(d, *a, **kw))
     assert quality.main(["--data", str(small), "--quick"]) == 0
-    assert calls == [["router", "scorer", "history"]]
+    from selfevolve.flow import dataflow
+
+    assert calls == [[n.name for n in dataflow.GRAPH if n.role == dataflow.SERVE]]  # the serve folds, GRAPH order
     assert len(sent) == 40 and len(set(sent)) == 40  # one feedback round per delivered answer
+
+
+def test_pools_write_curve_target_and_baselines_per_pool(small, tmp_path, monkeypatch):
+    from bench import quality_pools
+
+    # Two pools of the tiny directory: the headline's (all models, reused) and a two-model one.
+    monkeypatch.setattr(quality_pools, "POOLS", {"all": (str(small), None), "pair": (str(small), "tiny,boss")})
+    out = tmp_path / "q.json"
+    assert quality.main(["--data", str(small), "--lambdas", "0.1", "--pools", "--pool-lambdas", "0.1", "1.0",
+                         "--target", "0.9", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert {"system", "curve", "baselines"} <= set(r)  # the headline's keys stay
+    assert list(r["pools"]) == ["all", "pair"]
+    for p in r["pools"].values():
+        assert {"system", "curve", "target", "baselines"} <= set(p)
+        assert {"target", "achieved", "interval", "cost_ratio"} <= set(p["target"]) and p["target"]["target"] == 0.9
+        assert p["baselines"]["supervisor_only"]["cost_ratio"] == pytest.approx(1.0)
+    assert r["pools"]["all"]["curve"] == r["curve"]
+    assert [c["lambda"] for c in r["pools"]["pair"]["curve"]] == [0.1, 1.0] and r["pools"]["pair"]["models"] == ["tiny", "boss"]
+    for p in r["pools"].values():
+        assert [c["lambda"] for c in p["knn_curve"]] == [0.1, 1.0]
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_the_target_run_adds_the_metalearner_and_audits_the_supervisor(small, monkeypatch):
+    from bench import quality_pools
+    from selfevolve.flow import driver
+
+    calls = []
+    original = driver.replay
+    monkeypatch.setattr(driver, "replay", lambda d, *a, **kw: calls.append(d) or original(d, *a, **kw))
+    a = quality._parser().parse_args(["--data", str(small)])
+    a.lam, a.pool_lambdas, a.target = 0.1, [0.1], 0.9
+    entry = quality_pools.pool(a, "x", str(small), None, [0.1])
+    target = calls[-1]
+    from selfevolve.flow import dataflow
+
+    serve = [n.name for n in dataflow.GRAPH if n.role == dataflow.SERVE]
+    assert [f.name for f in target.folds] == serve + ["metalearner"]  # the serve folds, and λ's controller
+    audited = [d for d in target.result.of("route_decision") if "boss" in d["models"]]
+    assert entry["target"]["audits"] >= 1 and audited
+    assert 0.0 <= entry["target"]["achieved"] and entry["target"]["interval"][0] <= entry["target"]["interval"][1]

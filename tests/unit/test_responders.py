@@ -12,6 +12,8 @@ from selfevolve.flow import dataflow, driver
 from selfevolve.flow.responders import NEVER_CALLED, logged, recorded
 from selfevolve.flow.workload import from_log, from_samples, outcomes, plan
 from selfevolve.models.catalogue import Catalogue, ModelSpec, Role
+from selfevolve.routing import domains
+from selfevolve.wire.codec import Codec
 
 CAT = Catalogue([ModelSpec("big", "replay", Role.SUPERVISOR, 3, cost_per_call=0.01),
                  ModelSpec("small", "replay", Role.STUDENT, 0, cost_per_call=0.001),
@@ -94,7 +96,8 @@ def test_dataflow_builds_the_graph_and_the_shipped_folds_replay_deterministicall
     flow = dataflow.build(settings, CAT, _embed, dim=8)
     assert [f.name for f in flow.folds] == [n.name for n in dataflow.GRAPH]
     assert flow.states["history"] is flow.folds[0].history  # the router reads what the history fold writes
-    assert dataflow.consumers("feedback") == ["history", "metalearner"]
+    assert dataflow.consumers("feedback") == ["feedback", "metalearner"]
+    assert dataflow.consumers("history")[:2] == ["router", "history"]  # the router learns its domains from it
     ds = Dataset(tuple(_sample(i) for i in range(6)), ("big", "small"))
     w = from_samples("x", plan(ds, 0), "big")
 
@@ -109,6 +112,17 @@ def test_dataflow_builds_the_graph_and_the_shipped_folds_replay_deterministicall
     assert [o.key for o in outs] == [f"replay/{q['query_id']}" for q in w.queries]
     # Judged after the fact by gold on the delivered model ("alias" is no column of the data: no verdict).
     assert all(o.correct == {"big": 1.0, "small": 0.0}.get(o.winner) for o in outs)
+    # Deliveries and accepted verdicts travel as history records (encodable: the topic carries them), and the
+    # history and the router's domains are what folding them gives.
+    codec = Codec.from_dir()
+    events = [h["event"] for h in a.of("history")]
+    assert events.count("delivery") == 6 and events.count("feedback") == len(a.of("feedback"))
+    assert all(codec.decode("history", codec.encode("history", h)) for h in a.of("history"))
+    assert [d.record["query_id"] for d in a.deliveries] == [x["query_id"] for x in a.of("answer")]
+    assert [d.payload.winner for d in a.deliveries] == [x["model"] or None for x in a.of("answer")]
+    history = a.states["history"]
+    assert len(history) == 6 and any(q is not None for r in history.records for q in r.quality.values())
+    assert sum(domains.sizes(a.states["router"].domains).values()) == 6
 
 
 def test_dataflow_refuses_a_fold_that_reads_other_kinds():

@@ -1,5 +1,6 @@
 """The router fold: one decision per query from state and history alone; batches route as one by one does;
-model events and strategy events change what later queries see; the same events give the same records."""
+routing is read only, the domains are learnt from history deliveries; model events and strategy events change
+what later queries see; the same events give the same records (replicas fed one history topic agree)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from selfevolve.flow.events import Event, Out
 from selfevolve.flow.router import RouterFold, RouterState
 from selfevolve.models.catalogue import Catalogue, ModelSpec, Role
 from selfevolve.routing import HYBRID, PARALLEL, TARGETED
+from selfevolve.routing import domains
 from selfevolve.routing.history import History, Record
+from selfevolve.scoring import arbiter
 from selfevolve.wire.codec import Codec
-from selfevolve.wire.records import decision_from_record, vector_of
+from selfevolve.wire.records import decision_from_record, history_delivery, history_feedback, vector_bytes, vector_of
 
 CAT = Catalogue([
     ModelSpec("small", "replay", Role.STUDENT, 0, cost_per_call=0.001),
@@ -71,6 +74,13 @@ def query(qid: str, text: str, tenant: str = "t", ts_ms: int | None = 5, offset:
     return Event("query", record, "p.queries", (0, offset))
 
 
+def delivered(qid: str, text: str, tenant: str = "t", vector: np.ndarray | None = None) -> Event:
+    """The history topic's record of q's delivered answer (as the scorer writes it), embedded as routed."""
+    v = arbiter.Verdict(qid, "mid", "A", 0.9, {}, ("mid",), (), 0.002, TARGETED, 1, {"mid": 0.002})
+    vec = TopicEmbedder().encode([text])[0] if vector is None else vector
+    return Event("history", history_delivery(v, tenant, text, vec, -1, 9, "p.queries:0:0"), "p.history", (0, 0))
+
+
 def strategy(high: float, low: float) -> Event:
     return Event("strategy", {"theta_high": high, "theta_low": low, "domain": -1, "reason": "", "ts_ms": 1})
 
@@ -108,7 +118,8 @@ def test_a_query_gives_one_decision_keyed_by_tenant_and_id_at_its_own_event_time
     assert np.array_equal(vector_of(out.record), fold.embedder.encode([event.record["text"]])[0])
     assert decision_from_record(out.record).query_id == want["query_id"]
     assert CODEC.decode("route_decision", CODEC.encode("route_decision", out.record))["vector"] == out.record["vector"]
-    assert len(state.domains["ids"]) == 1 and out.record["domain"] == state.domains["ids"][0]
+    # Routing places the query read only: far from every domain, it gets the id the next domain will get.
+    assert state.domains == fold.initialize().domains and out.record["domain"] == 0
 
 
 def test_a_latency_passed_by_the_host_is_reported_and_decides_nothing():
@@ -127,7 +138,8 @@ def test_events_a_router_does_not_read_change_nothing():
 
 def test_a_model_event_changes_the_catalogue_of_its_domain_only():
     fold = _fold()
-    state, (math_out,) = fold.step(fold.initialize(), query("m0", "math one"))
+    state, _ = _run(fold, [delivered("d0", "math zero"), delivered("d1", "code zero")])
+    state, (math_out,) = fold.step(state, query("m0", "math one"))
     state, (code_out,) = fold.step(state, query("c0", "code one"))
     math_domain, code_domain = math_out.record["domain"], code_out.record["domain"]
     assert math_domain != code_domain
@@ -221,6 +233,7 @@ EVENTS = st.lists(st.one_of(
     st.tuples(st.just("query"), st.sampled_from(TOPICS + ("misc",)), st.integers(0, 5)),
     st.tuples(st.just("strategy"), st.floats(0.0, 1.2), st.floats(0.0, 1.0)),
     st.tuples(st.just("activate"), st.sampled_from(["spare", "small"]), st.integers(-1, 3)),
+    st.tuples(st.just("delivery"), st.sampled_from(TOPICS + ("misc",)), st.integers(0, 5)),
 ), max_size=14)
 
 
@@ -231,6 +244,8 @@ def _events(spec) -> list[Event]:
             out.append(query(f"q{i}", f"{a} question {b}", tenant="t" if i % 2 else "u", ts_ms=i, offset=i))
         elif kind == "strategy":
             out.append(strategy(max(a, b), min(a, b)))
+        elif kind == "delivery":
+            out.append(delivered(f"d{i}", f"{a} answered {b}"))
         else:
             out.append(activate(a, b))
     return out
@@ -251,3 +266,116 @@ def test_step_many_gives_the_decisions_and_state_of_stepping_one_by_one(spec, cu
     assert [o.record for o in outs] == [o.record for o in one_outs]
     assert [(o.key, o.stage) for o in outs] == [(o.key, o.stage) for o in one_outs]
     assert state.to_json() == one_state.to_json()
+
+
+# -- domains: learnt from history deliveries only; routing places read only -----------------------------
+def _frozen(state: RouterState) -> str:
+    import json
+
+    return json.dumps(state.to_json(), sort_keys=True)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(TOPICS + ("misc",)), st.integers(0, 3)), max_size=6),
+       st.lists(st.tuples(st.sampled_from(TOPICS + ("misc", "other")), st.integers(0, 9)), min_size=1, max_size=8),
+       st.integers(1, 3))
+def test_routing_any_batch_leaves_the_state_unchanged_and_places_each_query_alone(learnt, batch, max_domains):
+    fold = RouterFold(Settings(max_domains=max_domains), CAT, _history(), TopicEmbedder())
+    state, _ = _run(fold, [delivered(f"d{i}", f"{t} answered {n}") for i, (t, n) in enumerate(learnt)])
+    before = _frozen(state)
+    events = [query(f"q{i}", f"{t} asked {n}", offset=i) for i, (t, n) in enumerate(batch)]
+    after, outs = fold.step_many(state, events)
+    assert after is state and _frozen(state) == before  # the same state object; domains identical
+    vecs = fold.embed([e.record for e in events])
+    # Each query is placed on the state alone, as one by one would: not on its batch-mates' domains.
+    assert [o.record["domain"] for o in outs] == [domains.assign(state.domains, v)[1] for v in vecs]
+    for e in events:
+        assert fold.step(state, e)[0] is state
+    assert _frozen(state) == before
+
+
+@pytest.mark.parametrize("texts", [
+    ["math one"],
+    ["math one", "math two", "code one"],
+    ["poem a", "code b", "math c", "misc d", "poem e"],
+])
+@pytest.mark.parametrize("max_domains", [1, 2, 8])
+def test_a_delivery_changes_the_domains_exactly_as_assign_many_would(texts, max_domains):
+    fold = RouterFold(Settings(max_domains=max_domains), CAT, _history(), TopicEmbedder())
+    state = fold.initialize()
+    for i, text in enumerate(texts):
+        want, _ = domains.assign_many(state.domains, TopicEmbedder().encode([text]), [text])
+        state, outs = fold.step(state, delivered(f"d{i}", text))
+        assert outs == [] and state.domains == want
+    # A verdict teaches the history, not the domains.
+    fb = history_feedback({"query_id": "d0", "tenant": "t", "model": "mid", "quality": 1.0, "ts_ms": 1})
+    assert fold.step(state, Event("history", fb))[0].domains == state.domains
+
+
+@pytest.mark.parametrize("vector, match", [
+    (None, "384-float vector"),
+    (b"", "384-float vector"),
+    (vector_bytes(np.ones(383, np.float32)), "384-float vector"),
+    (vector_bytes(np.full(384, np.inf, np.float32)), "NaN or an infinity"),
+    (vector_bytes(np.zeros(384, np.float32)), "zero or non-finite"),
+])
+@pytest.mark.parametrize("learnt", [0, 2])
+def test_a_delivery_without_a_usable_vector_raises_and_leaves_the_domains(vector, match, learnt):
+    """Even on empty domains: a centroid of another width would make every later query's placement raise."""
+    fold = _fold()
+    state, _ = _run(fold, [delivered(f"d{i}", f"{TOPICS[i]} x") for i in range(learnt)])
+    before = _frozen(state)
+    bad = Event("history", {**delivered("bad", "math y").record, "vector": vector})
+    with pytest.raises(ValidationError, match=match):
+        fold.step(state, bad)
+    assert _frozen(state) == before
+    assert fold.step(state, query("q", "math z"))[1]  # still routes
+
+
+# -- replicas: the same history records in the same order, then any queries: equal states, equal decisions --
+UNIT = st.lists(st.floats(-1.0, 1.0, allow_nan=False), min_size=4, max_size=4)
+
+
+def _random_vector(seed: int, axis_weights: list[float]) -> np.ndarray:
+    """A random direction near a mix of four axes (so deliveries cluster, merge and spread)."""
+    v = 0.05 * np.random.default_rng(seed).standard_normal(384)
+    v[:4] += axis_weights
+    if np.linalg.norm(v) < 1e-3:
+        v[0] += 1.0
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _replica(max_domains: int):
+    from selfevolve.flow.learning import HistoryFold
+
+    history = _history()
+    return RouterFold(Settings(max_domains=max_domains), CAT, history, TopicEmbedder()), HistoryFold(), history
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 2**31), UNIT), max_size=10),
+       st.lists(st.tuples(st.integers(0, 2**31), UNIT), max_size=5),
+       st.lists(st.tuples(st.integers(0, 2**31), UNIT), max_size=5),
+       st.tuples(st.integers(0, 2**31), UNIT), st.integers(1, 4), st.integers(1, 3))
+def test_replicas_fed_the_same_history_agree_whatever_queries_each_routed(history_spec, mine, theirs, probe,
+                                                                          max_domains, cut):
+    records = [delivered(f"d{i}", f"misc {i}", vector=_random_vector(s, w)) for i, (s, w) in enumerate(history_spec)]
+    records.insert(len(records) // 2, Event("history", history_feedback(
+        {"query_id": "d0", "tenant": "t", "model": "mid", "quality": 0.0, "ts_ms": 1})))
+    ends = []
+    for routed in (mine, theirs):
+        router, history_fold, history = _replica(max_domains)
+        state = router.initialize()
+        queries = [query(f"r{i}", f"misc routed {i}", offset=i) for i in range(len(routed))]
+        vecs = np.stack([_random_vector(s, w) for s, w in routed]) if routed else None
+        for i, record in enumerate(records):  # interleaved: each replica routes its own queries in between
+            if i == len(records) // 3 and queries:
+                state, _ = router.step_many(state, queries[:cut], vectors=vecs[:cut])
+            state, _ = router.step(state, record)  # as ServeState.apply: router, then the history
+            history_fold.step(history, record)
+        if queries:
+            state, _ = router.step_many(state, queries[cut:], vectors=vecs[cut:])
+        probe_vec = _random_vector(*probe)[None, :]
+        _, (out,) = router.step_many(state, [query("p", "misc probe", offset=99)], vectors=probe_vec)
+        ends.append((_frozen(state), out.record, len(history)))
+    assert ends[0] == ends[1]

@@ -18,7 +18,7 @@ from selfevolve.models.catalogue import Catalogue, ModelSpec
 from selfevolve.routing import HYBRID, PARALLEL, Decision
 from selfevolve.routing.history import Record
 from selfevolve.wire.codec import Codec
-from selfevolve.wire.records import decision_record
+from selfevolve.wire.records import decision_record, vector_of
 
 MC = "Which is a mammal?\nA) shark\nB) whale\nC) trout\nD) eel\nAnswer:"
 SETTINGS = Settings(topic_prefix="u.")
@@ -73,12 +73,8 @@ def frozen(state: ScorerState) -> str:
 
 
 def shape(outs) -> list:
-    """Outs compared whole: a delivery's payload (with its vector) too."""
-    def payload(o):
-        p = o.payload
-        return None if p is None else (None if p.vector is None else p.vector.tolist(), p.verdict, p.tenant,
-                                       p.ts_ms, p.source)
-    return [(o.kind, o.stage, o.key, o.record, payload(o)) for o in outs]
+    """Outs compared whole: a history delivery's payload (the Verdict) too."""
+    return [(o.kind, o.stage, o.key, o.record, o.payload) for o in outs]
 
 
 def test_a_decision_sends_one_request_per_model_to_its_backend_at_the_decisions_time():
@@ -97,7 +93,7 @@ def test_a_decision_sends_one_request_per_model_to_its_backend_at_the_decisions_
     ("u.queries.other:0:1", ["answers"]),                    # another tenant's topic names not t1
     ("", ["answers"]),                                        # a decision written before sources
 ])
-def test_the_last_response_gives_scores_the_answer_and_one_delivery_at_the_responses_time(source, copies):
+def test_the_last_response_gives_scores_the_answer_and_one_history_delivery_at_the_responses_time(source, copies):
     f = fold()
     state, outs = f.step(f.initialize(), ev("route_decision", decision(source=source)))
     reqs = requests(outs)
@@ -106,18 +102,43 @@ def test_the_last_response_gives_scores_the_answer_and_one_delivery_at_the_respo
     state, outs = f.step(state, ev("inference_response", response(reqs[1], ts=2_500)))
     scores = [o for o in outs if o.kind == "score"]
     answers = [o for o in outs if o.kind == "answer"]
-    (delivery,) = [o for o in outs if o.kind == "delivery"]
-    assert [o.kind for o in outs] == ["score", "score"] + ["answer"] * len(copies) + ["delivery"]
+    (history,) = [o for o in outs if o.kind == "history"]
+    assert [o.kind for o in outs] == ["score", "score"] + ["answer"] * len(copies) + ["history"]
     assert {(o.stage, o.key, o.record["ts_ms"], o.record["domain"]) for o in scores} == {("scores", "3", 2_500, 3)}
     assert sum(o.record["winner"] for o in scores) == 1
     assert [o.stage for o in answers] == copies and all(o.key == "t1" for o in answers)
     a = answers[0].record
     assert (a["query_id"], a["tenant"], a["answer"], a["ts_ms"], a["latency_ms"]) == ("q1", "t1", "B", 2_500, 1_500)
-    assert delivery.key == "t1/q1" and delivery.stage == "" and delivery.record == a
-    p = delivery.payload
-    assert (p.tenant, p.ts_ms, p.source, p.verdict.winner) == ("t1", 2_500, source, a["model"])
-    np.testing.assert_array_equal(p.vector, VEC)
+    # The history record every serve worker folds: it travels on the history topic, so it must encode.
+    assert (history.key, history.stage) == ("t1/q1", "history")
+    h = CODEC.decode("history", CODEC.encode("history", history.record))
+    assert (h["event"], h["query_id"], h["tenant"], h["ts_ms"], h["source"], h["domain"]) == (
+        "delivery", "q1", "t1", 2_500, source, 3)
+    assert (h["text"], h["winner"], h["answer"], h["strategy"]) == (MC, a["model"], "B", a["strategy"])
+    assert h["costs"] == {"a": 0.001, "b": 0.001} and set(h["costs"]) == set(a["models_called"])
+    np.testing.assert_array_equal(vector_of(h), VEC)
+    assert (h["cached_from"], h["model"], h["quality"]) == ("", "", 0.0)
+    # The Verdict rides along in memory only (Result.deliveries' outcomes); the topic carries the record.
+    assert history.payload.query_id == "q1" and history.payload.winner == a["model"]
+    assert history.payload.models_called == ("a", "b")
     assert not state.logs and list(state.answered) == ["t1/q1"] and state.answered["t1/q1"].source == source
+
+
+@pytest.mark.parametrize("failing", [(), ("a",), ("b",), ("a", "b")])
+def test_the_history_delivery_lists_every_called_model_at_its_cost_failures_too(failing):
+    f = fold()
+    state, outs = f.step(f.initialize(), ev("route_decision", decision()))
+    pending = requests(outs)
+    while pending:  # a failed call falls back to "next", which answers
+        r = pending.pop(0)
+        state, outs = f.step(state, ev("inference_response", response(r, ok=r["model"] not in failing,
+                                                                      cost_usd=0.001 * len(r["model"]))))
+        pending += requests(outs)
+    (history,) = [o for o in outs if o.kind == "history"]
+    (answer, *_) = [o.record for o in outs if o.kind == "answer"]
+    assert set(history.record["costs"]) == set(answer["models_called"]) >= {"a", "b"}
+    assert sum(history.record["costs"].values()) == pytest.approx(answer["cost_usd"])
+    assert history.record["winner"] == answer["model"] and history.record["winner"] not in failing
 
 
 def test_latency_runs_to_the_hosts_clock_when_it_gives_one():
@@ -129,12 +150,13 @@ def test_latency_runs_to_the_hosts_clock_when_it_gives_one():
     assert a["latency_ms"] == 8_000 and a["ts_ms"] == 2_000  # the clock sets latency, never event time
 
 
-def test_a_decision_without_a_vector_delivers_none_for_the_host_to_embed():
+def test_a_decision_without_a_vector_delivers_none_and_its_text_for_the_host_to_embed():
     f = fold()
     state, outs = f.step(f.initialize(), ev("route_decision", decision(models=("a",), vector=None)))
     _, outs = f.step(state, ev("inference_response", response(requests(outs)[0])))
-    (delivery,) = [o for o in outs if o.kind == "delivery"]
-    assert delivery.payload.vector is None
+    (history,) = [o for o in outs if o.kind == "history"]
+    assert history.record["vector"] is None and history.record["text"] == MC  # the host embeds the text
+    CODEC.encode("history", history.record)
 
 
 def test_a_failed_call_falls_back_and_the_fallback_answers():

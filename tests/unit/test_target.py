@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from selfevolve.errors import ConfigError
 from selfevolve.routing.target import (LAMBDA_MAX, LAMBDA_MIN, Observation, TargetState, audit_due, control,
@@ -73,3 +75,28 @@ def test_bad_configuration_is_refused():
         TargetState(target=0.0, cost_lambda=0.1)
     with pytest.raises(ConfigError):
         TargetState(target=0.9, cost_lambda=0.1, rate=2.0)
+
+
+@pytest.mark.parametrize(("audits", "moves"), [(19, False), (20, True)])
+def test_lambda_stays_until_enough_audits(audits, moves):
+    s = TargetState(target=0.95, cost_lambda=0.5, rate=1.0, every=1)
+    for i in range(5):  # the system far short of the target, and no audit yet
+        s = observe(s, Observation(float(i == 0), 0.0))
+    for i in range(audits - 1):
+        s = observe(s, Observation(None, 0.0, float(i % 2), True))  # audit verdicts alone never move λ
+    assert s.cost_lambda == 0.5 and s.seen == 5 and s.audits == audits - 1
+    s = observe(s, Observation(0.0, 0.0, 1.0, True))  # one query: its system verdict and its audit
+    assert (s.cost_lambda < 0.5) == moves and s.audits == audits and s.seen == 6
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.none(), st.floats(0, 1)), st.floats(0, 1), st.booleans()), max_size=60))
+def test_the_state_round_trips_through_json(obs):
+    import json
+
+    from selfevolve.routing.target import from_json, to_json
+
+    s = TargetState(target=0.9, cost_lambda=0.2, rate=0.5, every=7)
+    for system, q, audited in obs:
+        s = observe(s, Observation(system, 0.3, q if audited else None, audited, 0.01 * audited))
+    assert from_json(json.loads(json.dumps(to_json(s)))) == s

@@ -89,7 +89,10 @@ def _fake_run():
               "repeat_curve": [{"repeat_rate": 0.0, "qps": 123.4}, {"repeat_rate": 0.5, "qps": 150.0},
                                {"repeat_rate": 0.95, "qps": 300.0}],
               "sustained": run(61.7, 12.0, 80.0, offered_qps=61.7, router_p50_ms=0.4),
-              "light": run(2.0, 30.0, 60.0, offered_qps=2.0)}
+              "light": run(2.0, 30.0, 60.0, offered_qps=2.0),
+              "scaling": [{"serve_workers": 1, "qps": 100.0, "cores_busy": 1.6, "load_1m": 3.0, "vs_one_worker": 1.0},
+                          {"serve_workers": 2, "qps": 130.0, "cores_busy": 1.9, "load_1m": 3.5, "vs_one_worker": 1.3},
+                          {"serve_workers": 4, "qps": None, "why": "failed: not ready"}]}
     emb = {"embedder": "static256", "texts": 9, "batch": 128, "texts_per_s": 1000.0}
     base = {"embedding": emb, "embedding_minilm": {**emb, "embedder": "minilm128", "texts_per_s": 25.0}}
     meter = SimpleNamespace(load={"cores": 2, "start": [1.0, 1, 1], "distinct": [3.5, 2, 1]},
@@ -100,13 +103,15 @@ def _fake_run():
                     {"note": "n", "data": "d", "pool": 7})
 
 
-def test_the_result_has_the_issue_keys_and_never_fakes_scale_out():
+def test_the_result_has_the_issue_keys_and_never_fakes_a_scaling_point():
     out = _fake_run()
     assert {"qps", "p50_ms", "p99_ms", "workers"} <= set(out["distinct"])
     assert [p["repeat_rate"] for p in out["repeat_curve"]] == [0.0, 0.5, 0.95]
-    assert out["scaling"][0] == {"serve_workers": 1, "qps": 123.4}
-    assert [(p["serve_workers"], p["qps"]) for p in out["scaling"][1:]] == [(2, None), (4, None)]
-    assert all("not implemented" in p["why"] for p in out["scaling"][1:])
+    assert [(p["serve_workers"], p["qps"]) for p in out["scaling"]] == [(1, 100.0), (2, 130.0), (4, None)]
+    assert out["scaling"][2]["why"].startswith("failed")  # a point that did not run says so, never a number
+    assert "2 worker(s): 130.0 q/s with 1.9 of 2 cores busy" in out["scaling_limit"]
+    assert "no core" in out["scaling_limit"]
+    assert out["distinct"]["workers"] == {"serve": 1, "history": 1, "model": 1}
     assert {"offered_qps", "p50_ms", "p99_ms"} <= set(out["sustained"])
     assert out["ratios"]["qps_over_embedding"] == pytest.approx(0.1234)
     assert out["ratios"]["qps_over_minilm_embedding"] == pytest.approx(123.4 / 25)
@@ -123,6 +128,22 @@ def test_the_report_quotes_the_distinct_figure_first():
     lines = [line for line in throughput(_fake_run()) if line.startswith("| ") and "---" not in line][1:]
     assert "distinct" in lines[0] and "**123.4**" in lines[0]
     assert "0.5: 150.0 q/s; 0.95: 300.0 q/s" in "\n".join(lines)
-    assert sum("not implemented" in line for line in lines) == 2
+    assert "| queries per second by serve workers, distinct texts | 1: 100.0 q/s; 2: 130.0 q/s |" in lines
+    assert any(line.startswith("| 4 serve workers | failed") for line in lines)
     assert "| CPU ms per distinct query, by process (serve 100.0, broker 50.0) | 150.0 ms |" in lines
     assert any("light 2 q/s" in line and "30 ms / 60 ms" in line for line in lines)
+
+
+def test_the_answer_caches_hits_are_counted_and_graded_apart():
+    from bench.throughput_load import LoadResult, cache_accuracy
+
+    r = LoadResult(answered=4, seconds=1.0, latencies_ms=[1.0] * 4)
+    r.strategies.update({"cached": 1, "weak_first": 3})
+    assert r.as_dict()["answer_cache_hit_rate"] == 0.25 and r.as_dict()["strategies"]["cached"] == 1
+    gold = {"s1": {"m": 1.0}, "s2": {"m": 0.0, "n": 1.0}}
+    graded = [("cached", "m", "s1"), ("cached", "m", "s2"), ("direct", "n", "s2"), ("direct", "x", "s9")]
+    assert cache_accuracy(graded, gold) == {"cached": {"answers": 2, "accuracy": 0.5},
+                                            "fresh": {"answers": 2, "accuracy": 1.0},
+                                            "fresh_same_samples": {"answers": 1, "accuracy": 1.0}}
+    assert cache_accuracy([], gold)["cached"] == {"answers": 0, "accuracy": None}
+    assert "answer_cache_hit_rate" not in LoadResult().as_dict()

@@ -36,11 +36,12 @@ def confidence_from_logprobs(choice: dict[str, Any]) -> float | None:
 class OpenAIBackend:
     """Calls {base_url}/chat/completions; spec.options may set base_url, model, max_tokens, temperature, logprobs."""
 
-    def __init__(self, settings: Settings, *, client: httpx.AsyncClient | None = None, backoff_s: float = 0.5) -> None:
+    def __init__(self, settings: Settings, *, client: httpx.AsyncClient | None = None,
+                 backoff_s: float | None = None) -> None:
         self._settings = settings
         self._client = client
         self._own_client = client is None
-        self._backoff_s = backoff_s
+        self._backoff_s = settings.backend_backoff_s if backoff_s is None else backoff_s
 
     def _http(self) -> httpx.AsyncClient:
         # Built on first use so constructing the backend needs no running event loop.
