@@ -45,7 +45,7 @@ $(LLAMA_STAMP): $(STAMP)
 	$(BIN)/pip install -q --find-links .cache/wheels 'llama-cpp-python[server]==$(LLAMA_CPP)'
 	touch $@
 
-# Debian's Chromium renders the gateway's /dashboard in tests/integration/test_dashboard.py (headless, no driver).
+# Debian's Chromium renders the gateway's /dashboard in tests/integration/test_dashboard_page.py (headless, no driver).
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 		|| { echo "chromium is required for the dashboard test: apt-get install chromium"; exit 1; }
