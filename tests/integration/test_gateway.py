@@ -27,7 +27,7 @@ PROMPTS = [s.prompt for s in load_dir(Settings().replay_dir).samples]
 def env(kafka_broker, tmp_path_factory):
     """One stack for the module (a stack start is the expensive part), two tenants with keys, and a gateway
     signed in as the `gateway` principal (its ACLs: tenants' queries and feedback, their answers)."""
-    web, history_web, sql_port, gw_port = free_ports(4)
+    web, history_web, sql_port, gw_port, stack_gw_port = free_ports(5)
     settings = Settings(kafka_bootstrap=kafka_broker.bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
                         home=tmp_path_factory.mktemp("gwhome"), kafka_security=kafka_broker.security,
                         kafka_username=ADMIN_USER, kafka_password=kafka_broker.admin_password(),
@@ -38,7 +38,8 @@ def env(kafka_broker, tmp_path_factory):
     keys = {"acme": create_key(settings, "acme")[0], "beta": create_key(settings, "beta")[0],
             "broke": create_key(settings, "acme", budget_usd_day=1e-12)[0],
             "slow": create_key(settings, "acme", rate_per_min=1)[0]}
-    stack = Stack(settings)
+    # `selfevolve up` starts a gateway of its own: on another port than the one this test signs in.
+    stack = Stack(settings.model_copy(update={"gateway_port": stack_gw_port}))
     stack.up(with_broker=False)
     try:
         wait_ready(settings, timeout=300)

@@ -268,7 +268,12 @@ def test_pinned_queries_are_answered_end_to_end_and_fall_back_to_the_next_tier_w
         served, fell_back = asyncio.run(go())
         serve_metrics = httpx.get(f"http://127.0.0.1:{serve_m}/metrics", timeout=10).text
         model_metrics = httpx.get(f"http://127.0.0.1:{model_m}/metrics", timeout=10).text
+        # The history role polls consumer lag every metrics_lag_interval_s: wait for its first poll.
+        deadline = time.time() + 3 * settings.metrics_lag_interval_s + 30
         history_metrics = httpx.get(f"http://127.0.0.1:{history_m}/metrics", timeout=10).text
+        while "selfevolve_consumer_lag{" not in history_metrics and time.time() < deadline:
+            time.sleep(1)
+            history_metrics = httpx.get(f"http://127.0.0.1:{history_m}/metrics", timeout=10).text
     finally:
         stack.down(with_broker=False)
     assert served["model"] == LIVE and served["strategy"] == "pinned" and served["answer"].strip(), served
