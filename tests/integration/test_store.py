@@ -35,8 +35,10 @@ def _value(avro_type, name: str, i: int):
     if isinstance(avro_type, list):  # ["null", "string"] or ["null", "bytes"]: every third row null
         return None if i % 3 == 0 else _value(avro_type[1], name, i)
     if isinstance(avro_type, dict):
-        if avro_type["type"] == "map":
+        if avro_type["type"] == "map" and avro_type["values"] == "string":
             return {"k": str(i), "tenant": "t"} if i % 2 else {}
+        if avro_type["type"] == "map":  # e.g. a delivery's costs per model
+            return {"k": _value(avro_type["values"], name, i)} if i % 2 else {}
         return [f"{name}-{i}", "x"] if i % 2 else []
     return {
         "string": f"{name}-{i}",
