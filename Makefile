@@ -73,10 +73,11 @@ data: $(STAMP)
 	$(BIN)/python -m selfevolve.data.routellm
 
 bench: install kafka-jars data embeddings
-	$(BIN)/selfevolve bench quality --data ../shared/data/routerbench-0shot --lambdas 0 0.1 0.2 --pools --pool-lambdas 0.05 0.07 0.1 0.2 --jobs 2
+	$(BIN)/selfevolve bench quality --data ../shared/data/routerbench-0shot --lambdas 0 0.05 0.1 0.13 0.16 0.2 --pools --pool-lambdas 0.05 0.07 0.085 0.1 0.15 0.2 --jobs 2
 	$(BIN)/selfevolve bench throughput
 	$(BIN)/selfevolve bench evolution --data ../shared/data/routerbench-0shot
 	$(BIN)/selfevolve bench answer-cache --data ../shared/data/routerbench-0shot
+	$(BIN)/selfevolve bench tenant-targets
 	$(BIN)/selfevolve bench distill
 	$(BIN)/selfevolve bench security
 

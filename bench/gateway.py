@@ -17,8 +17,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -89,26 +87,20 @@ async def through_gateway(url: str, key: str, texts, rate: float, seconds: float
             "send_behind_p99_ms": percentile(behind, 99)}
 
 
-def _start_gateway(settings: Settings) -> subprocess.Popen:
-    """The gateway in its own process (as `selfevolve up` runs it), so the load's client does not share its GIL."""
+def _wait_gateway(settings: Settings) -> None:
+    """Wait for the gateway `selfevolve up` started (its own process and Kafka principal, as deployed, so the
+    load's client does not share its GIL)."""
     import httpx
 
-    log = open(settings.home / "gateway.log", "ab")  # noqa: SIM115 - the child holds it
-    env = {**os.environ, **settings.to_env()}
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "gateway"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
             if httpx.get(f"http://{settings.gateway_host}:{settings.gateway_port}/ready", timeout=2).json()["ready"]:
-                return proc
+                return
         except (httpx.HTTPError, ValueError, KeyError):
             pass
-        if proc.poll() is not None:
-            break
         time.sleep(0.5)
-    proc.terminate()
-    raise RuntimeError(f"the gateway did not become ready; see {settings.home / 'gateway.log'}")
+    raise RuntimeError(f"the gateway did not become ready; see {settings.home / 'logs' / 'gateway.log'}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     t_start = time.perf_counter()
     settings, data, note = bench_settings(args)
-    settings = settings.model_copy(update={"gateway_port": args.port + 20, "gateway_budget_usd_day": 1e9,
+    # Serve workers listen from port + 20 up (bench_settings): the gateway above them.
+    settings = settings.model_copy(update={"gateway_port": args.port + 30, "gateway_budget_usd_day": 1e9,
                                            "gateway_rate_per_min": 1e9, "gateway_timeout_s": 300.0})
     ds = load_dir(data)
     pool = [(s.prompt, s.sample_id) for s in (ds.split("test").samples or ds.samples)]
-    stack, gateway = Stack(settings), None
+    stack = Stack(settings)
     load = {"start": list(os.getloadavg())}
     stack.up()
     settings = operator_settings(settings)
@@ -179,15 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         key, _ = create_key(settings, "bench")
         if args.warmup:
             asyncio.run(replay(settings, data, warmup=args.warmup, limit=0, window=200, seed=args.seed))
-        gateway = _start_gateway(settings)
+        _wait_gateway(settings)
         url = f"http://{settings.gateway_host}:{settings.gateway_port}/v1"
         texts = query_texts(pool, 0.0, "gw", args.seed)
         runs = [{"rate": r, **summarize(ph), "phases": ph}
                 for r in args.rates for ph in [_phases(settings, texts, r, args, url, key)]]
     finally:
-        if gateway is not None:
-            gateway.terminate()
-            gateway.wait(timeout=30)
         stack.down()
     load["end"] = list(os.getloadavg())
     out = {"goals": GOALS, "runs": runs, "seconds_per_phase": args.seconds,

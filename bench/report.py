@@ -50,7 +50,11 @@ def pools(ps: dict) -> list[str]:
     if not ps:
         return []
     t0 = next(iter(ps.values()))["target"]
-    out = ["", f"Model pools (`--pools`; quality target {t0['target']:g}, audit rate {t0['audit_rate']:g}): of the "
+    audits = f"audit rate {t0['audit_rate']:g}"
+    if "audit_calibration" in t0:
+        audits = f"audit rate {t0['audit_start_rate']:g} for the first {t0['audit_calibration']} audits, then " \
+                 f"{t0['audit_rate']:g}"
+    out = ["", f"Model pools (`--pools`; quality target {t0['target']:g}, {audits}): of the "
            "supervisor's accuracy. \"achieved\" is measured on the test half against gold after the fact (95% "
            "bootstrap); \"estimate\" is the system's own online estimate at the end with its 95% interval, from "
            "feedback and audits only; the target run's cost includes its audits.", "",
@@ -190,9 +194,31 @@ def answer_cache(c: dict) -> list[str]:
     return out + ["", f"Cost with the cache, verdicts on every answer: {c['cost_ratio']:.3f} of the cache-off run."]
 
 
+def tenant_targets(t: dict) -> list[str]:
+    targets = ", ".join(f"{k} {v:g}" for k, v in t["targets"].items())
+    out = ["### Quality target per tenant (`bench/results/tenant_targets.json`)", "",
+           f"`selfevolve bench tenant-targets`: {' + '.join(t['models'])}, {t['test_queries']} test queries after "
+           f"{t['warmup_queries']} warm-up ones, split between two tenants by a hash of the query id; targets "
+           f"{targets} (`SELFEVOLVE_QUALITY_TARGETS`), audit rate {t['audit_start_rate']:g} for each target's "
+           f"first {t['audit_calibration']} audits, then {t['audit_rate']:g}, λ starting at "
+           f"{t['start_lambda']:g}; the same stream without targets in the same command. Accuracy and cost are of "
+           "each tenant's own test queries, relative to the supervisor on them.", "",
+           "| run | tenant | target | achieved (95% bootstrap) | cost ratio | own estimate [95%] | λ at the end | "
+           "audits |", "|---|---|---|---|---|---|---|---|"]
+    for run, label in (("no_target", "no target"), ("per_tenant", "a target per tenant")):
+        for tenant, e in t["runs"][run].items():
+            lo, hi = e["achieved_interval"]
+            own = (f"{e['estimate']:.3f} [{e['interval'][0]:.3f}, {e['interval'][1]:.3f}] | {e['cost_lambda']:.3g} | "
+                   f"{e['audits']}") if "target" in e else "n/a | " + f"{t['start_lambda']:g} | 0"
+            out.append(f"| {label} | {tenant} | {e.get('target', 'none')} | {e['achieved']:.3f} [{lo:.3f}, "
+                       f"{hi:.3f}] | {e['cost_ratio']:.3f} | {own} |")
+    return out
+
+
 def render(results: Path) -> str:
     lines: list[str] = []
-    for name, fn in (("quality", quality), ("throughput", throughput), ("answer_cache", answer_cache),
+    for name, fn in (("quality", quality), ("tenant_targets", tenant_targets), ("throughput", throughput),
+                     ("answer_cache", answer_cache),
                      ("evolution", evolution), ("distill", distill)):
         data = _load(results, name)
         if data is not None:

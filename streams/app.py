@@ -72,13 +72,15 @@ def create_app(settings: Settings, modules: tuple[str, ...] | None = None,
         @app.page("/replica")
         async def replica(web, request):
             """This worker's replica of the routing history: the history offset it has folded to, its size and
-            digest (streams/runtime.py ServeState.digest; replicas at one offset must agree), and how far its
-            evolution followers have read ("topic:partition" -> next offset)."""
-            serve = rt.serve
+            digest (streams/runtime.py ServeState.digest; replicas at one offset must agree), the history
+            records its follower folded and skipped since start (a skipped one gets no dead letter: this is
+            where it shows), and how far its evolution followers have read ("topic:partition" -> next offset)."""
+            serve, follower = rt.serve, rt.history_follower
+            counts = {"folded": follower.folded, "skipped": follower.skipped} if follower is not None else {}
             if serve is None:
-                return web.json({"offset": 0, "records": 0, "digest": None, "followed": dict(rt.followed)})
+                return web.json({"offset": 0, "records": 0, "digest": None, **counts, "followed": dict(rt.followed)})
             return web.json({"offset": serve.offset, "records": len(serve.history), "digest": serve.digest(),
-                             "followed": dict(rt.followed)})
+                             **counts, "followed": dict(rt.followed)})
 
     import importlib
 

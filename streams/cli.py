@@ -258,9 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--warmup", type=int, default=150, help="warm-up queries (of 300 shipped)")
     de.add_argument("--no-live", action="store_true", help="skip the live distillation phase")
     de.set_defaults(fn=_demo)
-    be = sub.add_parser("bench", help="benchmarks: quality, evolution, distill, throughput, security, gateway, answer-cache")
+    be = sub.add_parser("bench", help="benchmarks: quality, evolution, distill, throughput, security, gateway, answer-cache, tenant-targets")
     be.add_argument("name", choices=["quality", "evolution", "distill", "throughput", "security", "gateway",
-                                     "answer-cache"])
+                                     "answer-cache", "tenant-targets"])
     be.add_argument("rest", nargs=argparse.REMAINDER)
     be.set_defaults(fn=_bench)
     sub.add_parser("setup-models", help="convert SmolLM2-135M from its GGUF once").set_defaults(fn=_setup_models)

@@ -321,9 +321,13 @@ def summary(d: dict, settings: Settings) -> None:
               f"supervisor-only ({(1 - pr) * 100:.0f}% saved)")
     target = settings.quality_target
     print("quality target      " + (f"{target:g} of the supervisor's quality (audit rate "
-                                    f"{settings.quality_audit_rate:g}; λ starts at {settings.cost_lambda:g} and "
+                                    f"{settings.audit_start_rate:g} for {settings.quality_audit_calibration} audits, "
+                                    f"then {settings.quality_audit_rate:g}; λ starts at {settings.cost_lambda:g} and "
                                     "moves to meet it)" if target is not None else
                                     f"none (λ={settings.cost_lambda:g}; SELFEVOLVE_QUALITY_TARGET=0.95 sets one)"))
+    if settings.quality_targets:
+        own = ", ".join(f"{t}: {'none' if v is None else f'{v:g}'}" for t, v in sorted(settings.quality_targets.items()))
+        print(f"  per tenant        {own} (SELFEVOLVE_QUALITY_TARGETS; each measured and met apart)")
     print(f"strategy mix        {d['strategies']}")
     print(f"winners             {d['winners']}")
     print(f"fallbacks           {d['fallbacks']}")

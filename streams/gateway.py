@@ -41,11 +41,11 @@ MAX_IDEMPOTENCY_KEY = 255
 class Gateway:
     """What the routes share: settings, catalogue names, the key file, rate buckets and the answer book."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, book: AnswerBook | None = None) -> None:
         self.settings = settings
         self.models = tuple(s.name for s in Catalogue.load(settings.catalogue).models if not s.reserve)
         self.keys = KeyFile(keys_file(settings))
-        self.book = AnswerBook(settings)
+        self.book = book if book is not None else AnswerBook(settings)
         self.buckets: dict[str, TokenBucket] = {}
 
     def authenticate(self, request: Request) -> KeyEntry:
@@ -137,8 +137,8 @@ def _error(e: ApiError) -> JSONResponse:
 
 async def _json_body(request: Request, limit: int) -> object:
     """The request's JSON, 413 over `limit` bytes (by header first, then by what arrived), 400 if not JSON."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    declared = request.headers.get("content-length")  # latin-1: "²" is a digit to isdigit(), not to int()
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"the body is over the {limit}-byte limit", code="request_too_large")
     body = b""
     async for part in request.stream():
@@ -149,6 +149,8 @@ async def _json_body(request: Request, limit: int) -> object:
         return json.loads(body)
     except ValueError as e:
         raise ApiError(400, f"the body is not valid JSON: {e}") from None
+    except RecursionError:  # "[[[[..." under the size limit nests deeper than the parser recurses
+        raise ApiError(400, "the body's JSON is nested too deeply") from None
 
 
 def _idempotency_key(request: Request) -> str:
@@ -168,8 +170,9 @@ def _sse(answer: dict, chat: shapes.ChatRequest, created: int):
     return events()
 
 
-def create_app(settings: Settings) -> FastAPI:
-    gw = Gateway(settings)
+def create_app(settings: Settings, book: AnswerBook | None = None) -> FastAPI:
+    """The gateway's app; `book` replaces its Kafka side (tests drive the app without a broker)."""
+    gw = Gateway(settings, book)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -242,7 +245,7 @@ def create_app(settings: Settings) -> FastAPI:
         if answer is None:
             raise ApiError(404, f"No answer {qid!r} of yours in the last {settings.gateway_lookback_s:g} s.",
                            code="answer_not_found", param="id")
-        model = model or answer["model"]
+        model = shapes.feedback_model(model, answer)
         record = {"query_id": qid, "tenant": entry.tenant, "model": model, "quality": quality,
                   "source": "user", "ts_ms": int(time.time() * 1000)}
         await gw.book.send("feedback", gw.book.topics.feedback_for(entry.tenant), query_key(entry.tenant, qid), record)

@@ -102,22 +102,38 @@ class AnswerBook:
             self.ready.set()
 
     async def _read(self) -> None:
-        c = self._consumer
+        """Read answers until cancelled. A failed poll is logged and tried again: if this task ended, every
+        later request of every tenant would wait for its timeout."""
         while True:
-            if self._want:
-                want, self._want = self._want, set()
-                await self._assign(want | self.tenants)
-            batches = await c.getmany(timeout_ms=100, max_records=1000)
-            for msgs in batches.values():
-                for m in msgs:
-                    self._take(m.value)
-            # Caught up with a partition once past the end it had at assignment (transaction markers take
-            # offsets too, so the position, not the last record, tells); an empty poll means nothing is left.
-            for tp, end in list(self._catch_up.items()):
-                if not batches or await c.position(tp) >= end:
-                    del self._catch_up[tp]
-            if not self.ready.is_set() and not self._catch_up:
-                self.ready.set()
+            try:
+                await self._poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - logged; the next poll tries again
+                log.exception("reading answers failed; trying again in 1 s")
+                await asyncio.sleep(1.0)
+
+    async def _poll(self) -> None:
+        c = self._consumer
+        if self._want:
+            want, self._want = self._want, set()
+            await self._assign(want | self.tenants)
+        if not c.assignment():
+            # No tenant yet (a gateway started before its first key): aiokafka refuses to poll a consumer
+            # with nothing assigned, and that error used to end this task for good.
+            await asyncio.sleep(0.1)
+            return
+        batches = await c.getmany(timeout_ms=100, max_records=1000)
+        for msgs in batches.values():
+            for m in msgs:
+                self._take(m.value)
+        # Caught up with a partition once past the end it had at assignment (transaction markers take
+        # offsets too, so the position, not the last record, tells); an empty poll means nothing is left.
+        for tp, end in list(self._catch_up.items()):
+            if not batches or await c.position(tp) >= end:
+                del self._catch_up[tp]
+        if not self.ready.is_set() and not self._catch_up:
+            self.ready.set()
 
     def _take(self, value: bytes) -> None:
         try:

@@ -262,10 +262,17 @@ CREATE TABLE IF NOT EXISTS selfevolve.strategies
     domain Int32 DEFAULT -1,
     reason String DEFAULT '',
     cost_lambda Nullable(Float64),
+    audit_rate Nullable(Float64),
+    tenant Nullable(String),
     ts_ms Int64,
     ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
 )
 ENGINE = ReplacingMergeTree
-ORDER BY (domain, ts_ms);
+ORDER BY (domain, ts_ms, ifNull(tenant, ''));
 -- Strategy v2: the quality target's λ (null: unchanged); a store made before it gains the column.
 ALTER TABLE selfevolve.strategies ADD COLUMN IF NOT EXISTS cost_lambda Nullable(Float64) AFTER reason;
+-- Strategy v3: the audit rate, and the tenant whose own quality target set them (null: every other tenant).
+-- The tenant is in the key, so that a tenant's event and everyone's made at the same millisecond are two rows
+-- (a replacing merge keeps one row per key).
+ALTER TABLE selfevolve.strategies ADD COLUMN IF NOT EXISTS audit_rate Nullable(Float64) AFTER cost_lambda,
+    ADD COLUMN IF NOT EXISTS tenant Nullable(String) AFTER audit_rate, MODIFY ORDER BY (domain, ts_ms, ifNull(tenant, ''));

@@ -97,7 +97,9 @@ def role_acls(settings: Settings, role: str) -> list[Acl]:
 def _faust_internal(app_id: str) -> list[Acl]:
     """A Faust app's own topics (table changelogs, the assignor's leader topic) and exactly-once txn ids,
     all named <app id>-...: it creates them at start."""
-    return (_allow(TOPIC, [app_id], PREFIXED, CREATE, READ, WRITE, DESCRIBE, DESCRIBE_CONFIGS)
+    # The topics' prefix ends in "-": under a topic prefix without a dot (`prod-`) the history app's id is
+    # the history topic's name (`prod-history`), which only the serve role may write.
+    return (_allow(TOPIC, [app_id + "-"], PREFIXED, CREATE, READ, WRITE, DESCRIBE, DESCRIBE_CONFIGS)
             + _allow(TRANSACTIONAL_ID, [app_id], PREFIXED, WRITE, DESCRIBE))
 
 

@@ -11,21 +11,21 @@ for people to read; nothing here reads the store).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from selfevolve.config import Settings
 from selfevolve.errors import ValidationError
 from selfevolve.evolution import metalearn
 from selfevolve.flow.events import Event, Out
-from selfevolve.flow.router import operating_point
+from selfevolve.flow.router import audit_rate, operating_point
 from selfevolve.models.catalogue import Catalogue, Role
 from selfevolve.routing import target as qt
 
 STAGE = "strategy"
 ECHOES_KEPT = 64  # own strategy events awaiting their copy from the topic
 AUDITS_KEPT = 1024  # audited queries whose supervisor verdict was counted (a re-sent verdict is not again)
-STRATEGY_VERSION = 2  # schemas/strategy.avsc: v2 adds cost_lambda (null: λ unchanged)
+STRATEGY_VERSION = 3  # schemas/strategy.avsc: v2 adds cost_lambda (null: λ unchanged), v3 its tenant
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ class Answered:
 class MetaLearnerState:
     """The thresholds in force, answers counted (the cadence's clock), the last window of answers (oldest
     first) and this fold's own strategy events not yet read back from the topic (canonical JSON). With a
-    quality target: the controller's state (target; None without one) and the audits already counted."""
+    quality target: the controller's state (target, for every tenant without a target of its own; None
+    without one), one per tenant with its own (tenant_targets), and the audits already counted."""
 
     theta_high: float
     theta_low: float
@@ -60,11 +61,13 @@ class MetaLearnerState:
     echoes: tuple[str, ...] = ()
     target: qt.TargetState | None = None
     audited: tuple[str, ...] = ()
+    tenant_targets: dict[str, qt.TargetState] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"theta_high": self.theta_high, "theta_low": self.theta_low, "answers": self.answers,
                 "window": [asdict(a) for a in self.window], "echoes": list(self.echoes),
-                "target": None if self.target is None else qt.to_json(self.target), "audited": list(self.audited)}
+                "target": None if self.target is None else qt.to_json(self.target), "audited": list(self.audited),
+                "tenant_targets": {t: qt.to_json(v) for t, v in self.tenant_targets.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MetaLearnerState:
@@ -73,7 +76,8 @@ class MetaLearnerState:
             target = data.get("target")
             return cls(float(data["theta_high"]), float(data["theta_low"]), int(data["answers"]), window,
                        tuple(str(e) for e in data["echoes"]), None if target is None else qt.from_json(target),
-                       tuple(str(k) for k in data.get("audited", ())))
+                       tuple(str(k) for k in data.get("audited", ())),
+                       {str(t): qt.from_json(v) for t, v in (data.get("tenant_targets") or {}).items()})
         except (KeyError, TypeError, ValueError) as e:
             raise ValidationError(f"not a meta-learner state: {e}") from e
 
@@ -111,7 +115,7 @@ def supervisor_name(catalogue: Catalogue) -> str | None:
 
 def _echo_key(record: dict[str, Any]) -> str:
     # The copy read back has the writer's version and the schema's defaults: compare what it says.
-    said = {"domain": -1, "reason": "", "cost_lambda": None, **record}
+    said = {"domain": -1, "reason": "", "cost_lambda": None, "audit_rate": None, "tenant": None, **record}
     said.pop("version", None)
     return json.dumps(said, sort_keys=True, separators=(",", ":"))
 
@@ -137,10 +141,14 @@ class MetaLearnerFold:
 
     def initialize(self) -> MetaLearnerState:
         s = self.settings
-        target = None
-        if s.quality_target is not None:
-            target = qt.TargetState(s.quality_target, s.cost_lambda, rate=s.quality_audit_rate)
-        return MetaLearnerState(*_thresholds(s.theta_high, s.theta_low), target=target)
+        target = None if s.quality_target is None else self._controller(s.quality_target)
+        own = {t: self._controller(v) for t, v in sorted(s.quality_targets.items()) if v is not None}
+        return MetaLearnerState(*_thresholds(s.theta_high, s.theta_low), target=target, tenant_targets=own)
+
+    def _controller(self, target: float) -> qt.TargetState:
+        s = self.settings
+        return qt.TargetState(target, s.cost_lambda, rate=s.audit_start_rate, base_rate=s.quality_audit_rate,
+                              calibration=s.quality_audit_calibration)
 
     def step(self, state: MetaLearnerState, event: Event) -> tuple[MetaLearnerState, list[Out]]:
         if event.kind == "answer":
@@ -191,18 +199,25 @@ class MetaLearnerFold:
         if int(record.get("domain", -1)) != -1:
             return state  # per-domain thresholds are not the global pair this fold tunes
         high, low = _thresholds(record["theta_high"], record["theta_low"])
-        lam, target = record.get("cost_lambda"), state.target
-        if lam is not None and target is not None:
+        state = replace(state, theta_high=high, theta_low=low)
+        lam, rate, tenant = record.get("cost_lambda"), record.get("audit_rate"), record.get("tenant")
+        target = state.target if tenant is None else state.tenant_targets.get(str(tenant))
+        if target is None:
+            return state
+        if lam is not None:
             target = replace(target, cost_lambda=operating_point(lam))
-        return replace(state, theta_high=high, theta_low=low, target=target)
+        if rate is not None:  # it only falls (target.TargetState.base_rate)
+            target = replace(target, rate=min(target.rate, audit_rate(rate)))
+        return _with_target(state, tenant, target)
 
     def _measure(self, state: MetaLearnerState, record: dict[str, Any]) -> tuple[MetaLearnerState, list[Out]]:
         """A verdict as the quality target's evidence: on the delivered answer (its first verdict), the
         system's quality; on the supervisor of an audited query, the supervisor's. λ may move (an event)."""
-        t = state.target
+        tenant, query_id, model = str(record["tenant"]), str(record["query_id"]), str(record["model"])
+        group = tenant if tenant in self.settings.quality_targets else None  # its own target, or everyone's
+        t = state.target if group is None else state.tenant_targets.get(tenant)
         if t is None:
             return state, []
-        tenant, query_id, model = str(record["tenant"]), str(record["query_id"]), str(record["model"])
         quality, key = float(record["quality"]), qt.audit_key(tenant, query_id)
         audited = state.audited
         if model == self.supervisor and key not in audited and qt.audit_due(key, t.rate):
@@ -211,16 +226,28 @@ class MetaLearnerFold:
         entry = next((a for a in reversed(state.window) if (a.tenant, a.query_id) == (tenant, query_id)), None)
         if entry is not None and entry.model == model and entry.verdict is None:
             t = qt.observe(t, qt.Observation(quality, 0.0))
-        before, state = state.target.cost_lambda, replace(state, target=t, audited=audited)
-        if t.cost_lambda == before:
+        was = state.target if group is None else state.tenant_targets[tenant]
+        before = was.cost_lambda
+        state = _with_target(replace(state, audited=audited), group, t)
+        if (t.cost_lambda, t.rate) == (before, was.rate):
             return state, []
         r, low, high = qt.ratio(t)
+        whose = "" if group is None else f"tenant {group}'s "
         event = {"version": STRATEGY_VERSION, "theta_high": state.theta_high, "theta_low": state.theta_low,
-                 "domain": -1, "cost_lambda": t.cost_lambda, "ts_ms": int(record.get("ts_ms") or 0),
-                 "reason": f"quality target {t.target:g}: ratio {r:.3f} [{low:.3f}, {high:.3f}] (z={t.z:g}) over "
-                           f"{t.seen} verdicts and {t.audits} audits; λ {before:.4g} -> {t.cost_lambda:.4g}"}
+                 "domain": -1, "cost_lambda": t.cost_lambda, "audit_rate": t.rate, "tenant": group,
+                 "ts_ms": int(record.get("ts_ms") or 0),
+                 "reason": f"{whose}quality target {t.target:g}: ratio {r:.3f} [{low:.3f}, {high:.3f}] (z={t.z:g}) over "
+                           f"{t.seen} verdicts and {t.audits} audits; λ {before:.4g} -> {t.cost_lambda:.4g}, "
+                           f"audit rate {t.rate:g}"}
         echoes = (state.echoes + (_echo_key(event),))[-ECHOES_KEPT:]
         return replace(state, echoes=echoes), [Out("strategy", event, key="global", stage=STAGE)]
+
+
+def _with_target(state: MetaLearnerState, tenant: str | None, target: qt.TargetState) -> MetaLearnerState:
+    """The state with `tenant`'s controller (None: everyone's) replaced by `target`."""
+    if tenant is None:
+        return replace(state, target=target)
+    return replace(state, tenant_targets={**state.tenant_targets, tenant: target})
 
 
 def _thresholds(high: float, low: float) -> tuple[float, float]:

@@ -37,17 +37,28 @@ class RouterState:
     views: dict[int, Catalogue] = field(default_factory=dict, repr=False, compare=False)
     # The operating point a strategy event set (the quality target's controller); None: settings.cost_lambda.
     cost_lambda: float | None = None
+    # Per tenant with a quality target of its own, the operating point its strategy events set.
+    tenant_lambdas: dict[str, float] = field(default_factory=dict)
+    # The audit rates the quality targets' calibration set (None / absent: settings' start rate).
+    audit_rate: float | None = None
+    tenant_audit_rates: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"domains": self.domains, "theta_high": self.theta_high, "theta_low": self.theta_low,
-                "hierarchy": self.hierarchy, "cost_lambda": self.cost_lambda}
+                "hierarchy": self.hierarchy, "cost_lambda": self.cost_lambda, "tenant_lambdas": self.tenant_lambdas,
+                "audit_rate": self.audit_rate, "tenant_audit_rates": self.tenant_audit_rates}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RouterState:
         try:
             return cls(domains=data["domains"], theta_high=float(data["theta_high"]),
                        theta_low=float(data["theta_low"]), hierarchy=data["hierarchy"],
-                       cost_lambda=None if data.get("cost_lambda") is None else float(data["cost_lambda"]))
+                       cost_lambda=None if data.get("cost_lambda") is None else float(data["cost_lambda"]),
+                       tenant_lambdas={str(t): operating_point(v)
+                                       for t, v in (data.get("tenant_lambdas") or {}).items()},
+                       audit_rate=None if data.get("audit_rate") is None else audit_rate(data["audit_rate"]),
+                       tenant_audit_rates={str(t): audit_rate(v)
+                                           for t, v in (data.get("tenant_audit_rates") or {}).items()})
         except (KeyError, TypeError, ValueError) as e:
             raise ValidationError(f"not a router state snapshot: {e}") from e
 
@@ -60,6 +71,17 @@ def operating_point(lam: Any) -> float:
         raise ValidationError(f"cost λ must be a number, got {lam!r}") from e
     if not 0.0 <= value < float("inf"):
         raise ValidationError(f"cost λ must be finite and >= 0, got {lam}")
+    return value
+
+
+def audit_rate(rate: Any) -> float:
+    """An audit rate from a strategy event if it is one (a number in [0, 1]), else ValidationError."""
+    try:
+        value = float(rate)
+    except (TypeError, ValueError) as e:
+        raise ValidationError(f"audit rate must be a number, got {rate!r}") from e
+    if not 0.0 <= value <= 1.0:
+        raise ValidationError(f"audit rate must be in [0, 1], got {rate}")
     return value
 
 
@@ -122,12 +144,26 @@ class RouterFold:
             return replace(state, hierarchy=hierarchy.apply(state.hierarchy, event.record), views={}), []
         if event.kind == "strategy":
             high, low = thresholds(event.record["theta_high"], event.record["theta_low"])
-            lam = event.record.get("cost_lambda")  # v2: the quality target's λ; None leaves it
-            lam = state.cost_lambda if lam is None else operating_point(lam)
-            return replace(state, theta_high=high, theta_low=low, cost_lambda=lam), []
+            return replace(state, theta_high=high, theta_low=low, **self._operating_point(state, event.record)), []
         if event.kind == "history" and event.record.get("event") == "delivery":
             return self._learn_domain(state, event.record), []
         return state, []
+
+    @staticmethod
+    def _operating_point(state: RouterState, record: dict) -> dict[str, Any]:
+        """The fields a strategy event changes: v2's cost_lambda and v3's audit_rate (None leaves each) are
+        everyone's, or, with v3's tenant, that tenant's alone (its own quality target's)."""
+        lam, rate, tenant = record.get("cost_lambda"), record.get("audit_rate"), record.get("tenant")
+        lam = None if lam is None else operating_point(lam)  # both checked before either is set
+        rate = None if rate is None else audit_rate(rate)
+        out: dict[str, Any] = {}
+        if lam is not None:
+            out.update({"cost_lambda": lam} if tenant is None
+                       else {"tenant_lambdas": {**state.tenant_lambdas, str(tenant): lam}})
+        if rate is not None:
+            out.update({"audit_rate": rate} if tenant is None
+                       else {"tenant_audit_rates": {**state.tenant_audit_rates, str(tenant): rate}})
+        return out
 
     def _learn_domain(self, state: RouterState, record: dict) -> RouterState:
         """The domains after one delivered query (its vector and text) joined them."""
@@ -185,6 +221,8 @@ class RouterFold:
         catalogues = [self._view(state, views, d) for d in placed]
         router = self.router.with_thresholds(state.theta_high, state.theta_low)
         router = router if state.cost_lambda is None else router.with_lambda(state.cost_lambda)
+        router = router.with_tenant_lambdas(state.tenant_lambdas) if state.tenant_lambdas else router
+        router = router.with_audit_rates(state.audit_rate, state.tenant_audit_rates)
         found = router.route_many([RouteQuery(q["query_id"], q["text"], q.get("tenant") or DEFAULT_TENANT, v)
                                    for q, v in zip(queries, vecs)], catalogues=catalogues)
         outs = []

@@ -9,7 +9,7 @@ judges each delivered answer against gold after the fact, for the benchmarks and
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from selfevolve.data.routerbench import Dataset, Sample
@@ -67,11 +67,12 @@ def plan(ds: Dataset, seed: int, warmup: int | None = None, limit: int | None = 
 
 
 def from_samples(name: str, phased: Sequence[tuple[str, Sample]], supervisor: str | None,
-                 tenant: str = TENANT) -> Workload:
-    """One query per sample (its id the sample id, its metadata naming the row, task and phase)."""
+                 tenant: str | Callable[[Sample], str] = TENANT) -> Workload:
+    """One query per sample (its id the sample id, its metadata naming the row, task and phase), sent by
+    `tenant` (or by the tenant tenant(sample) names)."""
     queries, gold, sup = [], {}, {}
     for i, (phase, s) in enumerate(phased):
-        q = {"query_id": s.sample_id, "text": s.prompt, "tenant": tenant,
+        q = {"query_id": s.sample_id, "text": s.prompt, "tenant": tenant(s) if callable(tenant) else tenant,
              "metadata": {"sample_id": s.sample_id, "task": s.task, "phase": phase}, "ts_ms": i * 1000}
         queries.append(q)
         gold[record_key(q)] = dict(s.correct)

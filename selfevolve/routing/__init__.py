@@ -28,8 +28,10 @@
     state = target.TargetState(settings.quality_target, settings.cost_lambda)
     state = target.observe(state, target.Observation(system_q, predicted_sup_q, sup_q, audited, audit_usd))
     router = router.with_lambda(state.cost_lambda); target.report(state)   # audits: target.audit_due(key, rate)
-    # In the stream: the meta-learner fold keeps this state and sends λ on the strategy topic; the router
-    # calls the supervisor too on audited queries (settings.quality_audit_rate, with a target only).
+    # In the stream: the meta-learner fold keeps one such state per target (everyone's, settings.quality_target,
+    # and each tenant's own, settings.quality_targets) and sends λ and the audit rate (high until calibrated,
+    # then settings.quality_audit_rate) on the strategy topic; the router calls the supervisor too on the
+    # audited queries of tenants held to a target: router.with_tenant_lambdas(...).with_audit_rates(...).
 """
 
 from selfevolve.routing.policy import HYBRID, PARALLEL, TARGETED, Decision, Router, RouteQuery

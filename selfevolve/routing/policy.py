@@ -111,8 +111,12 @@ class Router:
         self.cheap_ratio = knob(cheap_ratio, "router_cheap_ratio")
         self.shadow_ratio = knob(shadow_ratio, "router_shadow_ratio")
         self.use_similarity, self.cascade, self.use_predictor = use_similarity, cascade, use_predictor
-        # Audits measure the quality a target is relative to: only a target pays for them.
-        self.audit_rate = settings.quality_audit_rate if settings.quality_target is not None else 0.0
+        # Audits measure the quality a target is relative to: only a tenant held to a target pays for them, at
+        # its calibration rate until the meta-learner lowers it (a strategy event).
+        self.audit_rate = settings.audit_start_rate
+        self.tenant_audit_rates: dict[str, float] = {}
+        # λ per tenant, for tenants whose own quality target moved it (a strategy event); others: cost_lambda.
+        self.tenant_lambdas: dict[str, float] = {}
 
     def _copy(self, **changes) -> Router:
         new = object.__new__(Router)
@@ -128,6 +132,28 @@ class Router:
         if cost_lambda < 0:
             raise ConfigError(f"cost λ must be >= 0, got {cost_lambda}")
         return self._copy(cost_lambda=cost_lambda)
+
+    def with_tenant_lambdas(self, lambdas: dict[str, float]) -> Router:
+        if any(lam < 0 for lam in lambdas.values()):
+            raise ConfigError(f"cost λ must be >= 0, got {lambdas}")
+        return self._copy(tenant_lambdas=dict(lambdas))
+
+    def with_audit_rates(self, rate: float | None, tenants: dict[str, float]) -> Router:
+        """Audit rates from strategy events: everyone's (None: the start rate) and per tenant."""
+        return self._copy(audit_rate=self.settings.audit_start_rate if rate is None else rate,
+                          tenant_audit_rates=dict(tenants))
+
+    def audit_rate_for(self, tenant: str) -> float:
+        """The fraction of `tenant`'s queries audited: 0 without a target, else its target's rate now."""
+        if self.settings.target_for(tenant) is None:
+            return 0.0
+        if tenant in self.settings.quality_targets:
+            return self.tenant_audit_rates.get(tenant, self.settings.audit_start_rate)
+        return self.audit_rate
+
+    def lambda_for(self, tenant: str) -> float:
+        """The λ a query of `tenant` is routed with: its own target's operating point, else cost_lambda."""
+        return self.tenant_lambdas.get(tenant, self.cost_lambda)
 
     def with_catalogue(self, catalogue: Catalogue) -> Router:
         return self._copy(catalogue=catalogue)
@@ -217,7 +243,7 @@ class Router:
         s = neighbours[0][1] if neighbours else 0.0
         est = self._estimates(neighbours, names, predicted)
         ref = self._reference_cost(est)
-        lam = self.cost_lambda
+        lam = self.lambda_for(query.tenant)
 
         def util(m: str) -> float:
             return est[m].mean - lam * est[m].cost / ref
@@ -297,7 +323,8 @@ class Router:
         """An audited query (a fixed fraction, by hash of tenant/id: target.audit_due) also calls the
         dearest supervisor in its first stage, so that its verdict arrives: a uniform sample of the
         supervisor's quality, which the quality target is relative to. Its later stages then skip it."""
-        if self.audit_rate <= 0.0 or not audit_due(audit_key(query.tenant, query.query_id), self.audit_rate):
+        rate = self.audit_rate_for(query.tenant)
+        if rate <= 0.0 or not audit_due(audit_key(query.tenant, query.query_id), rate):
             return plan, why
         sups = [x for x in self.catalogue.active() if x.role == Role.SUPERVISOR]
         if not sups:

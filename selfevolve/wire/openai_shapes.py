@@ -13,6 +13,11 @@ AUTO_MODEL = "selfevolve/auto"
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_METADATA = 16  # OpenAI's own limit on a request's metadata pairs
 MAX_METADATA_CHARS = 512
+# Sampling options the pipeline does not use, checked as OpenAI checks them: a client must not believe an
+# out-of-range value was taken. None is absent (some SDKs send null for an unset option).
+RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
+          "frequency_penalty": (-2.0, 2.0)}
+COUNTS = ("max_tokens", "max_completion_tokens")
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,18 @@ class ApiError(ValidationError):
 
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:
+    # Messages quote the client's input; a lone surrogate in it has no UTF-8 form and would fail the response.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _unicode(text: str, what: str, param: str) -> str:
+    """text, or 400 when it holds a lone surrogate (valid in a JSON escape, not in UTF-8 nor in the records)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"{what} is not valid Unicode (a lone surrogate)", param=param) from None
+    return text
 
 
 def _content_text(content: Any, i: int) -> str:
@@ -85,6 +101,7 @@ def _metadata(raw: Any) -> dict[str, str]:
         if not isinstance(k, str) or not isinstance(v, str) or len(k) > 64 or len(v) > MAX_METADATA_CHARS:
             raise ApiError(400, "'metadata' keys must be strings of at most 64 characters and values strings "
                                 f"of at most {MAX_METADATA_CHARS}", param="metadata")
+        _unicode(k + v, "'metadata'", "metadata")
         if k == PIN_KEY:
             raise ApiError(400, f"metadata key {PIN_KEY!r} is reserved: name the model in 'model'", param="metadata")
         out[k] = v
@@ -101,24 +118,42 @@ def parse_chat(body: Any, models: tuple[str, ...], max_text_bytes: int) -> ChatR
     if model != AUTO_MODEL and model not in models:
         raise ApiError(404, f"The model '{model}' does not exist: use {AUTO_MODEL} or one of GET /v1/models",
                        code="model_not_found", param="model")
-    n = body.get("n", 1)
-    if n != 1:
-        raise ApiError(400, "only n=1 is supported", param="n")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ApiError(400, "'stream' must be a boolean", param="stream")
-    opts = body.get("stream_options") or {}
-    if not isinstance(opts, dict):
-        raise ApiError(400, "'stream_options' must be an object", param="stream_options")
+    stream, include_usage = _options(body)
     text = messages_text(body.get("messages"))
     if not text.strip():
         raise ApiError(400, "the conversation has no text", param="messages")
-    size = len(text.encode("utf-8", "surrogatepass"))
+    size = len(_unicode(text, "the conversation", "messages").encode("utf-8"))
     if size > max_text_bytes:
         raise ApiError(413, f"the conversation is {size} bytes, over the {max_text_bytes}-byte limit",
                        code="request_too_large", param="messages")
-    return ChatRequest(model, text, None if model == AUTO_MODEL else model, stream,
-                       bool(opts.get("include_usage", False)), _metadata(body.get("metadata")))
+    return ChatRequest(model, text, None if model == AUTO_MODEL else model, stream, include_usage,
+                       _metadata(body.get("metadata")))
+
+
+def _options(body: dict) -> tuple[bool, bool]:
+    """(stream, include_usage) of a body whose other options are in range; 400 naming the first that is not."""
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        raise ApiError(400, "only n=1 is supported", param="n")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be a boolean", param="stream")
+    opts = body.get("stream_options")
+    opts = {} if opts is None else opts
+    if not isinstance(opts, dict):
+        raise ApiError(400, "'stream_options' must be an object", param="stream_options")
+    usage_ = opts.get("include_usage")
+    if usage_ is not None and not isinstance(usage_, bool):
+        raise ApiError(400, "'stream_options.include_usage' must be a boolean", param="stream_options")
+    for name, (lo, hi) in RANGES.items():
+        v = body.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi):
+            raise ApiError(400, f"'{name}' must be a number from {lo:g} to {hi:g}", param=name)
+    for name in COUNTS:
+        v = body.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ApiError(400, f"'{name}' must be an integer of at least 1", param=name)
+    return bool(stream), bool(usage_)
 
 
 def usage(prompt: str, answer: str) -> dict:
@@ -193,3 +228,13 @@ def parse_feedback(body: Any) -> tuple[str, str | None, float]:
     if isinstance(quality, bool) or not isinstance(quality, (int, float)) or not 0.0 <= quality <= 1.0:
         raise ApiError(400, "'quality' must be a number from 0 to 1", param="quality")
     return qid, model, float(quality)
+
+
+def feedback_model(model: str | None, answer: dict) -> str:
+    """The model a verdict is about: the one that answered by default, else one the query called (the pipeline
+    learns nothing from a verdict on a model that was not called, so it is refused here, before it is sent)."""
+    if model is None:
+        return answer["model"]
+    if model != answer["model"] and model not in (answer.get("models_called") or ()):
+        raise ApiError(400, f"model {model[:100]!r} was not called for this query", param="model")
+    return model

@@ -35,7 +35,7 @@ def test_the_follower_folds_each_record_and_skips_one_no_fold_accepts(harness):
     ]
     for offset, value in enumerate(values, start=7):
         follower.fold(SimpleNamespace(topic=h.rt.topics.history, partition=0, offset=offset, key=None, value=value))
-    assert serve.offset == 12 and follower.skipped == 2
+    assert serve.offset == 12 and (follower.folded, follower.skipped) == (3, 2)
     rec = serve.known("q1", "t1")
     assert (len(serve.history), rec.winner, rec.quality) == (1, "m1", {"m1": None, "m2": 0.0})
     assert sum(serve.router_state.domains["counts"]) == 1  # the redone delivery changes no domain either

@@ -3,6 +3,7 @@ answers, streaming, 401/404/429/504 bodies, feedback on its own and another tena
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import httpx
@@ -146,3 +147,17 @@ def test_a_retry_gets_the_same_answer_from_another_gateway(env):
     with background(settings.model_copy(update={"gateway_port": port})) as url2:  # reads the answer back
         again = _ask(_client(url2, keys["acme"]), PROMPTS[8], extra_headers=idem).parse()
     assert (again.id, again.choices[0].message.content) == (first.id, first.choices[0].message.content)
+
+
+def test_a_gateway_started_before_any_key_answers_a_key_made_later(env, tmp_path):
+    """A gateway whose key file was empty at start reads no answers topic yet: the first key's tenant must be
+    followed once the key appears (its reader once died polling with nothing assigned: every request 504)."""
+    settings, _, _ = env
+    (port,) = free_ports(1)
+    fresh = settings.model_copy(update={"home": tmp_path, "gateway_port": port, "gateway_timeout_s": 60.0})
+    with background(fresh) as url:
+        time.sleep(1)  # the reader polls with nothing assigned for a while
+        key = create_key(fresh, "beta")[0]
+        out = _ask(_client(url, key), PROMPTS[9]).parse()
+    assert out.object == "chat.completion" and out.choices[0].message.content
+

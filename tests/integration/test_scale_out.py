@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import time
 import urllib.request
 
 import pytest
 
+from infra.ports import port_run
 from selfevolve.config import Settings
 from selfevolve.data.routerbench import load_dir
 from selfevolve.wire.codec import Codec
@@ -19,33 +19,15 @@ from selfevolve.wire.topics import Topics
 from streams.kafka_io import ensure_topics, producer, tail_consumer
 from streams.stack import Stack, services
 
+from logtail import log_tails  # noqa: E402 - a helper of the integration tier
+
 DEMO = Settings().replay_dir
 SAMPLES = list(load_dir(DEMO).samples)
 
 
-def _port_run(n: int) -> int:
-    """The first of n consecutive free loopback ports (serve worker i listens on web_port + i)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n + 2 < 65535 and all(_free(base + i) for i in range(n + 2)):
-            return base
-    raise RuntimeError("no run of free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.fixture
 def scale_settings(make_settings) -> Settings:
-    base = _port_run(4)  # serve workers at base..base+3, the history worker and SQL after them
+    base = port_run(6)  # serve workers at base..base+3, the history worker and SQL after them
     return make_settings(web_port=base, history_web_port=base + 4, sql_port=base + 5, sink_flush_seconds=0.5)
 
 
@@ -64,7 +46,9 @@ def _wait_ready(settings: Settings, workers: list[int], timeout: float = 240) ->
         if all((_get(p, "/ready") or {}).get("ready") for p in ports):
             return
         time.sleep(1)
-    raise AssertionError(f"not ready in {timeout}s: {[(p, _get(p, '/ready')) for p in ports]}")
+    names = [f"streams-{i}" if i else "streams" for i in workers] + ["history"]
+    raise AssertionError(f"not ready in {timeout}s: {[(p, _get(p, '/ready')) for p in ports]}\n"
+                         + log_tails(settings, [n for n, p in zip(names, ports) if not _get(p, "/ready")]))
 
 
 def _up(settings: Settings, serve_workers: int) -> Stack:

@@ -14,6 +14,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from infra.ports import free_ports
 from selfevolve.evolution import stats
 from selfevolve.wire.codec import Codec
 from selfevolve.wire.topics import Topics
@@ -23,7 +24,8 @@ from streams.kafka_io import client_options, tail_consumer
 from streams.stack_replay import replay
 from streams.stack import Stack
 
-from test_pipeline import DEMO, free_ports  # noqa: E402 - shared helpers of the integration tier
+from logtail import log_tails  # noqa: E402 - shared helpers of the integration tier
+from test_pipeline import DEMO  # noqa: E402
 
 
 async def _all_scores(settings, timeout: float = 30) -> tuple[list[dict], dict[int, int]]:
@@ -93,13 +95,13 @@ def _rewind_history_group(settings, timeout: float = 180) -> None:
             time.sleep(2)
 
 
-def _wait(check, timeout: float, what: str):
+def _wait(check, timeout: float, what: str, why=lambda: ""):
     deadline = time.time() + timeout
     while True:
         got = check()
         if got is not None:
             return got
-        assert time.time() < deadline, f"timed out waiting for {what}"
+        assert time.time() < deadline, f"timed out waiting for {what}\n{why()}"
         time.sleep(1)
 
 
@@ -125,8 +127,11 @@ def test_stats_tables_count_each_score_once_after_sigkill_and_full_redelivery(ma
         _rewind_history_group(settings)
         stack.up(with_broker=False)
         wait_ready(settings, timeout=240)
+        # Generous: on a loaded two-core machine the restored worker may take minutes to read it all again.
         _wait(lambda: (c := asyncio.run(_group_offsets(settings))) and all(
-            (c[p] or 0) >= end for p, end in ends.items()) or None, 120, "the scores to be read again")
+            (c[p] or 0) >= end for p, end in ends.items()) or None, 300, "the scores to be read again",
+              lambda: f"ends {ends}, committed {asyncio.run(_group_offsets(settings))}\n"
+                      + log_tails(settings, ["history"], 80))
         after = _tables(settings)
     finally:
         stack.down(with_broker=False)

@@ -8,6 +8,8 @@ import json
 import random
 import time
 
+import numpy as np
+
 from selfevolve.wire.codec import HEADER_LEN, Codec
 from selfevolve.wire.tenancy import query_key
 from selfevolve.wire.topics import Topics
@@ -30,10 +32,10 @@ BAD_LONGS = (-1, -(2**63), 2**63 - 1)
 
 def targets(topics: Topics) -> dict[str, str]:
     """Every topic a worker of the pipeline reads, with the kind it expects (one tenant's query and feedback
-    topics stand for all of them: the serve role reads them by pattern)."""
+    topics stand for all of them: the serve role reads them by pattern; every serve worker folds history)."""
     read = (topics.queries, topics.route_decisions, topics.inference_responses, topics.requests_for("replay"),
             topics.feedback, topics.model_events, topics.strategy, topics.scores, topics.answers,
-            topics.queries_for(TENANTS[0]), topics.feedback_for(TENANTS[0]))
+            topics.queries_for(TENANTS[0]), topics.feedback_for(TENANTS[0]), topics.history)
     return {topic: topics.kind_of(topic) for topic in read}
 
 
@@ -65,11 +67,27 @@ def _plan(record: dict) -> str:
     return json.dumps({f.name: values.get(f.name) for f in dataclasses.fields(Decision)})
 
 
-def base_record(codec: Codec, kind: str, rng: random.Random, i: int, tenant: str) -> dict:
+def _history(record: dict, rng: random.Random, dim: int) -> dict:
+    """A delivery as the scorer writes it (a unit vector of the history's width, the winner and its cost: one
+    every fold accepts, so mutations reach the folds) or a verdict as the feedback host writes it (both:
+    selfevolve/wire/records.py)."""
+    if rng.random() < 0.5:
+        return {**record, "event": "feedback", "text": "", "vector": None, "winner": None, "costs": {},
+                "answer": "", "cached_from": "", "quality": rng.choice((0.0, 0.5, 1.0))}
+    vector = np.array([rng.gauss(0.0, 1.0) for _ in range(dim)], dtype="<f4")
+    return {**record, "event": "delivery", "vector": (vector / np.linalg.norm(vector)).astype("<f4").tobytes(),
+            "winner": record["model"], "costs": {record["model"]: 0.002}, "cached_from": "", "model": "",
+            "quality": 0.0}
+
+
+def base_record(codec: Codec, kind: str, rng: random.Random, i: int, tenant: str, dim: int) -> dict:
+    """A plausible record of `kind`; dim: the width of a history delivery's vector (the serve workers')."""
     fields = [f for f in codec.schema(kind)["fields"] if f["name"] != "version"]
     record = {f["name"]: _plausible(f["name"], f["type"], rng, i, tenant) for f in fields}
     if kind == "route_decision":
         record["plan"] = _plan(record)
+    if kind == "history":
+        record = _history(record, rng, dim)
     return record
 
 
@@ -85,12 +103,22 @@ def _hostile_value(field: dict, value, rng: random.Random):
     if isinstance(typ, dict):
         if typ.get("type") == "array":
             return rng.choice(([], ["no-such-model"], ["", "\x00"], [MODELS[0]] * 50))
+        if typ.get("values") == "double":  # a history delivery's costs: unknown or empty models, odd prices
+            return rng.choice(({"": NAN}, {MODELS[0]: INF}, {"no-such-model": -1.0}, {"k\x00": 1e308},
+                               {f"k{j}": 1.0 for j in range(1000)}))
         return rng.choice(({"": ""}, {"k\x00": _bad_string(rng)}, {f"k{j}": "v" for j in range(1000)}))
     return {"string": lambda: _bad_string(rng), "double": lambda: rng.choice(BAD_DOUBLES),
             "int": lambda: rng.choice(BAD_INTS), "long": lambda: rng.choice(BAD_LONGS),
-            "boolean": lambda: not value,
-            # bytes: a vector of the wrong length, or one of NaNs
-            "bytes": lambda: rng.choice((b"\x00" * 1001, b"\xff\xff\xff\x7f" * 256))}[typ]()
+            "boolean": lambda: not value, "bytes": lambda: _bad_vector(value, rng)}[typ]()
+
+
+def _bad_vector(value, rng: random.Random) -> bytes:
+    """A vector of the wrong length or of NaNs; in place of one the record held, also one of its width that
+    is all zeros (no direction) or of float32's largest values (its dot products overflow)."""
+    bad = (b"\x00" * 1001, b"\xff\xff\xff\x7f" * 256)
+    if isinstance(value, bytes) and value:
+        bad += (b"\x00" * len(value), np.full(len(value) // 4, 3.4e38, dtype="<f4").tobytes())
+    return rng.choice(bad)
 
 
 def hostile(codec: Codec, kind: str, record: dict, rng: random.Random) -> bytes:
@@ -104,7 +132,7 @@ def hostile(codec: Codec, kind: str, record: dict, rng: random.Random) -> bytes:
 
 
 def mutate(codec: Codec, kind: str, good: bytes, record: dict, rng: random.Random, how: str,
-           sent: list[bytes | None]) -> bytes | None:
+           sent: list[bytes | None], dim: int) -> bytes | None:
     if how == "bitflip":
         data = bytearray(good)
         for _ in range(rng.randint(1, 8)):
@@ -116,7 +144,7 @@ def mutate(codec: Codec, kind: str, good: bytes, record: dict, rng: random.Rando
         return good[:2] + rng.randbytes(8) + good[HEADER_LEN:]
     if how == "other_kind":
         other = rng.choice([k for k in codec.kinds() if k != kind])
-        return codec.encode(other, base_record(codec, other, rng, rng.randrange(10**6), "fuzz"))
+        return codec.encode(other, base_record(codec, other, rng, rng.randrange(10**6), "fuzz", dim))
     if how == "random":
         return rng.randbytes(rng.randrange(0, 200))
     if how == "empty":
@@ -137,25 +165,29 @@ def huge(codec: Codec, kind: str, record: dict, size: int, valid: bool, rng: ran
     if kind == "route_decision":  # a workable decision whose text is 2-byte characters: 3x as JSON (\u00e9)
         plan = {**json.loads(record["plan"]), "text": "\u00e9" * ((size - 8192) // 2)}
         return codec.encode(kind, {**record, "plan": json.dumps(plan, ensure_ascii=False)})
-    field = next(f["name"] for f in codec.schema(kind)["fields"] if f["type"] == "string"
-                 and f["name"] not in ("query_id", "tenant"))
+    # Not the ids; in a history delivery the answer, which the answer cache of every serve worker keeps.
+    strings = [f["name"] for f in codec.schema(kind)["fields"] if f["type"] == "string"]
+    field = "answer" if kind == "history" else next(f for f in strings if f not in ("query_id", "tenant"))
     return codec.encode(kind, {**record, field: "h" * (size - 4096)})
 
 
 def fuzz_records(codec: Codec, topic: str, kind: str, tenant: str, n: int, size_limit: int,
-                 rng: random.Random) -> list[tuple[bytes | None, bytes | None, str]]:
-    """n (key, value, mutation) fuzz records for one topic; ids start with `fz-`, which valid traffic never uses."""
+                 rng: random.Random, dim: int) -> list[tuple[bytes | None, bytes | None, str]]:
+    """n (key, value, mutation) fuzz records for one topic; ids start with `fz-`, which valid traffic never uses;
+    dim: the serve workers' vector width (a history delivery of another width is one no fold accepts)."""
     names, weights = zip(*MUTATIONS)
     out: list[tuple[bytes | None, bytes | None, str]] = []
     sent: list[bytes | None] = []
     for i in range(n):
-        record = base_record(codec, kind, rng, rng.randrange(10**6), tenant)
+        record = base_record(codec, kind, rng, rng.randrange(10**6), tenant, dim)
+        while i < HUGE_PER_TOPIC and record.get("event") == "feedback":  # a huge answer needs a delivery
+            record = base_record(codec, kind, rng, rng.randrange(10**6), tenant, dim)
         good = codec.encode(kind, record)
         if i < HUGE_PER_TOPIC:
             how, value = "huge", huge(codec, kind, record, size_limit - 16 * 1024, valid=i % 2 == 1, rng=rng)
         else:
             how = rng.choices(names, weights)[0]
-            value = mutate(codec, kind, good, record, rng, how, sent)
+            value = mutate(codec, kind, good, record, rng, how, sent, dim)
         # Mostly the key a real writer uses ((tenant, id): one query's events share a partition), else junk.
         proper = query_key(record.get("tenant", tenant), record.get("query_id", "fz")).encode()
         key = rng.choice((proper, proper, proper, None, rng.randbytes(16), b"k" * 1000))

@@ -7,14 +7,18 @@ import json
 import random
 import re
 import time
+import urllib.request
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from infra.kafka.security import add_tenant
 from infra.ports import free_ports
 from selfevolve.wire.codec import Codec
 from selfevolve.config import Settings
+from selfevolve.routing.embed import embedding_dim
+from selfevolve.wire.tenancy import DEFAULT_TENANT
 from selfevolve.wire.topics import Topics
 from selfevolve.wire.validation import validate_query
 from selfevolve.wire.records import decision_from_record
@@ -33,8 +37,9 @@ def must_dead_letter(codec: Codec, settings: Settings, topics: Topics, topic: st
                      value: bytes | None) -> bool:
     """Whether the reader of `topic` has to dead-letter `value`: it cannot be decoded as the reader decodes,
     or it breaks a rule the reader enforces (a query's size, id and text; the tenant of a tenant's topic; a
-    decision's plan). Answers are left out: no pipeline stage reads them, their readers skip and count."""
-    if kind == "answer":
+    decision's plan). Answers are left out: no pipeline stage reads them, their readers skip and count; so is
+    the history topic: every serve worker's follower skips and counts (history_problems)."""
+    if kind in ("answer", "history"):
         return False
     if kind in ("route_decision", "inference_response"):  # the scorer reads both from one merged stream
         found = codec.kind_of(value)
@@ -222,6 +227,73 @@ def _feedback_id(codec: Codec, value: bytes | None) -> str | None:
         return None
 
 
+def history_folds(codec: Codec, dim: int, values: list[bytes | None]) -> tuple[list[bool], int]:
+    """Per record of the history topic, in its order, whether a serve worker folds it (else it skips it), and
+    how many deliveries its history then holds; the rule of streams/runtime.py ServeState.apply: a record that
+    decodes and is a verdict, a delivery the history holds already, or a delivery with a finite, non-zero vector
+    of the history's width is folded; nothing else is (a zero vector has no domain: selfevolve/routing/domains)."""
+    known: set[tuple[str, str]] = set()
+    out = []
+    for value in values:
+        try:
+            r = codec.decode("history", value)
+        except Exception:  # noqa: BLE001 - whatever the follower would fail on
+            out.append(False)
+            continue
+        key = (r["tenant"] or DEFAULT_TENANT, r["query_id"])
+        raw = r["event"] == "delivery" and r["vector"] or b""
+        vec = np.frombuffer(raw, dtype="<f4").astype(np.float64) if len(raw) == 4 * dim else np.zeros(0)
+        whole = bool(vec.size and np.isfinite(vec).all() and vec.any())
+        out.append(r["event"] == "feedback" or (r["event"] == "delivery" and (key in known or whole)))
+        if out[-1] and r["event"] == "delivery":
+            known.add(key)
+    return out, len(known)
+
+
+def _replica(settings: Settings) -> dict | None:
+    """The serve worker's /replica page (streams/app.py), or None when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/replica", timeout=10) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _history_settled(settings: Settings, topics: Topics, timeout: float = 120) -> tuple[list, dict | None]:
+    """The history topic's committed records and the serve worker's /replica once it has folded the last of
+    them, or as they stand after `timeout` (fuzz queries still being answered add deliveries meanwhile)."""
+    deadline = time.time() + timeout
+    while True:
+        msgs = asyncio.run(read_topic(settings, topics.history, timeout=60, idle=2.0))
+        page = _replica(settings)
+        if (page and msgs and page.get("offset") == msgs[-1].offset + 1) or time.time() > deadline:
+            return msgs, page
+        time.sleep(2)
+
+
+def history_problems(codec: Codec, settings: Settings, topics: Topics, items: list, positions: list,
+                     letters: list[dict]) -> list[str]:
+    """What the serve worker's history follower got wrong: it must have read the topic to its end, folded and
+    skipped exactly what history_folds says of its records (the fuzz's among them), held the deliveries it
+    folded, and dead-lettered none; the fuzz must have reached both outcomes."""
+    fuzzed = {o for (t, _, _), (_, o) in zip(items, positions) if t == topics.history}
+    msgs, page = _history_settled(settings, topics)
+    folds, held = history_folds(codec, embedding_dim(settings), [m.value for m in msgs])
+    want = {"offset": msgs[-1].offset + 1 if msgs else 0, "folded": sum(folds), "skipped": len(folds) - sum(folds),
+            "records": held}
+    got = {k: (page or {}).get(k) for k in want}
+    ours = [f for m, f in zip(msgs, folds) if m.offset in fuzzed]
+    lettered = sum(1 for d in letters if d["source_topic"] == topics.history)
+    return [
+        f"the serve worker's history replica {got} is not what the topic's {len(msgs)} records make: {want}"
+        if got != want else "",
+        f"{lettered} dead letters of history records (its followers skip and count them)" if lettered else "",
+        f"{len(ours)} of the {len(fuzzed)} history fuzz records read back" if len(ours) != len(fuzzed) else "",
+        f"the history fuzz was all folded or all skipped ({sum(ours)} of {len(ours)} folded)"
+        if not 0 < sum(ours) < len(ours) else "",
+    ]
+
+
 def crashes(settings: Settings) -> list[str]:
     return [f"{p.name}: {line.strip()[:300]}" for p in sorted((settings.home / "logs").glob("*.log"))
             for line in p.read_text(errors="replace").splitlines() if "Crashed reason" in line]
@@ -236,7 +308,7 @@ def test_fuzz_every_input_topic_while_valid_queries_flow(fuzz_stack):
     want = {(q["tenant"], q["query_id"]) for q in valid}
     plan = targets(topics)
     fuzz = {t: fuzz_records(codec, t, k, _owner(topics, t) or "fuzz", PER_TOPIC, settings.kafka_max_message_bytes,
-                            rng) for t, k in plan.items()}
+                            rng, embedding_dim(settings)) for t, k in plan.items()}
     items, origin = interleave(codec, topics, valid, fuzz)
     t0 = time.time()
     positions = asyncio.run(send_raw(settings, items))
@@ -258,7 +330,9 @@ def test_fuzz_every_input_topic_while_valid_queries_flow(fuzz_stack):
     missing = {k: v for k, v in missing.items()
                if not (plan[k[0]] == "feedback" and _feedback_id(codec, values[k]) in owned)}
     lost, repeated = lost_and_repeated(asyncio.run(answer_counts(settings, TENANTS, want, timeout=10)), want)
-    elapsed, after, crashed = time.time() - t0, _exits(stack), crashes(settings)
+    elapsed = time.time() - t0
+    history = history_problems(codec, settings, topics, items, positions, letters)  # before exits: it waits
+    after, crashed = _exits(stack), crashes(settings)
     not_dup = [d["reason"][:200] if d else "no dead letter" for d in (dup_letter(topics, letters, q, at)
                                                                      for q, at in dups)
                if d is None or "duplicate" not in d["reason"].lower()]
@@ -281,5 +355,6 @@ def test_fuzz_every_input_topic_while_valid_queries_flow(fuzz_stack):
         f"{len(dropped)} decodable fuzz queries/decisions neither answered nor dead-lettered: "
         f"{[(k, v, _plan_names(codec, items, positions, k)) for k, v in list(dropped.items())[:10]]}"
         if dropped else "",
+        *history,
     ]
     assert not [p for p in problems if p], "\n".join(p for p in problems if p)

@@ -13,7 +13,9 @@ from aiokafka.errors import (
 )
 from pydantic import SecretStr
 
-from infra.kafka.security import add_tenant, provision, tenant_user
+from infra.kafka.security import (
+    LITERAL, ROLES, TOPIC, WRITE, add_tenant, provision, role_acls, tenant_acls, tenant_user,
+)
 from selfevolve.config import Settings
 from selfevolve.wire.topics import Topics
 from streams.kafka_io import client_options, ensure_topics, producer
@@ -106,7 +108,7 @@ def test_a_tenant_writes_only_its_own_queries_and_feedback(world: World) -> None
     assert can_write(acme, t.queries_for("acme")) and can_write(acme, t.feedback_for("acme"))
     forbidden = [t.route_decisions, t.inference_responses, t.strategy, t.scores, t.answers, t.queries,
                  t.feedback, t.queries_for("other"), t.feedback_for("other"), t.answers_for("acme"),
-                 t.requests_for("replay"), t.model_events, t.dead_letter]
+                 t.requests_for("replay"), t.model_events, t.dead_letter, t.history]
     allowed = [topic for topic in forbidden if can_write(acme, topic)]
     assert allowed == [], f"tenant-acme could write {allowed}"
 
@@ -116,7 +118,8 @@ def test_a_tenant_reads_only_its_own_answers(world: World) -> None:
     # The serve role writes the tenant's answers; the tenant reads them.
     assert can_write(serve, t.answers_for("acme"))
     assert b"probe" in asyncio.run(_read(acme, t.answers_for("acme")))
-    for topic in (t.answers_for("other"), t.answers, t.queries_for("acme"), t.scores, t.route_decisions):
+    # history: every tenant's delivered texts and answers (streams/history_follow.py).
+    for topic in (t.answers_for("other"), t.answers, t.queries_for("acme"), t.scores, t.route_decisions, t.history):
         assert can_write(acme if topic == t.queries_for("acme") else serve, topic)  # a record to read
         assert b"probe" in asyncio.run(_read(world.admin, topic))
         assert not can_read(acme, topic), topic
@@ -135,6 +138,25 @@ def test_only_the_history_role_writes_strategy(world: World) -> None:
     u, t = world.users, world.topics
     writers = {user for user in ("serve", "history", "model", tenant_user("acme")) if can_write(u[user], t.strategy)}
     assert writers == {"history"}
+
+
+def test_only_the_serve_role_writes_history(world: World) -> None:
+    """A forged delivery on the history topic would join every serve worker's history and answer cache."""
+    u, t = world.users, world.topics
+    users = (*ROLES, tenant_user("acme"))
+    assert {user for user in users if can_write(u[user], t.history)} == {"serve"}
+
+
+@pytest.mark.parametrize("prefix", ["selfevolve.", "prod-", ""])
+def test_under_any_topic_prefix_only_the_serve_acls_cover_writing_history(prefix: str) -> None:
+    """Without a broker: under a topic prefix without a dot, a role's Faust app id (history role: <prefix>history)
+    is the history topic's name, so a prefixed ACL on it would cover that topic too."""
+    s = Settings(topic_prefix=prefix)
+    history = Topics.from_settings(s).history
+    acls = {**{r: role_acls(s, r) for r in ROLES}, "tenant-acme": tenant_acls(s, "acme")}
+    writers = {who for who, granted in acls.items() for a in granted if a.resource == TOPIC and a.operation == WRITE
+               and (a.name == history if a.pattern == LITERAL else history.startswith(a.name))}
+    assert writers == {"serve"}
 
 
 def test_sasl_ssl_broker_serves_only_clients_that_trust_its_ca(new_broker, topic_prefix: str) -> None:

@@ -118,14 +118,15 @@ def test_a_lambda_the_router_cannot_use_is_refused(bad):
         fold.step(fold.initialize(), _strategy(cost_lambda=bad))
 
 
-def test_a_v1_strategy_record_reads_as_v2_with_lambda_unset():
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_strategy_record_reads_with_lambda_or_tenant_unset(version):
     codec = Codec.from_dir(ROOT / "schemas")
-    v1 = Codec({"strategy": json.loads((ROOT / "schemas/versions/strategy.v1.avsc").read_text())})
-    old = codec.decode("strategy", v1.encode("strategy", {"theta_high": 0.8, "theta_low": 0.5, "ts_ms": 1}))
-    assert old["cost_lambda"] is None and old["version"] == 1
+    old_codec = Codec({"strategy": json.loads((ROOT / f"schemas/versions/strategy.v{version}.avsc").read_text())})
+    old = codec.decode("strategy", old_codec.encode("strategy", {"theta_high": 0.8, "theta_low": 0.5, "ts_ms": 1}))
+    assert old["cost_lambda"] is None and old["tenant"] is None and old["version"] == version
     new = codec.decode("strategy", codec.encode("strategy", {"theta_high": 0.8, "theta_low": 0.5, "ts_ms": 1,
-                                                              "cost_lambda": 0.25}))
-    assert new["cost_lambda"] == 0.25 and new["version"] == codec.version("strategy") == 2
+                                                              "cost_lambda": 0.25, "tenant": "acme"}))
+    assert (new["cost_lambda"], new["tenant"]) == (0.25, "acme") and new["version"] == codec.version("strategy") == 3
 
 
 # --- the meta-learner's quality-target controller --------------------------------------------------------
@@ -223,3 +224,140 @@ def test_cheapest_curve_point_reaching_the_target_and_the_knn_curve():
     assert cheapest(curve, 0.95)["lambda"] == 0.1 and cheapest(curve, 0.99)["lambda"] == 0.0
     assert cheapest(curve, 1.01) is None
     assert knn_curve([], [], ["a"], "a", None, None, [0.1]) == []
+
+
+# --- a quality target per tenant ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("default", "own", "tenant", "expected"), [
+    (None, {}, "a", None),
+    (0.9, {}, "a", 0.9),
+    (0.9, {"a": 0.99}, "a", 0.99),
+    (0.9, {"a": 0.99}, "b", 0.9),
+    (0.9, {"a": None}, "a", None),  # opted out of everyone's target
+    (None, {"a": 0.8}, "b", None),
+])
+def test_a_tenant_is_held_to_its_own_target_else_everyones(default, own, tenant, expected):
+    assert Settings(quality_target=default, quality_targets=own).target_for(tenant) == expected
+
+
+@pytest.mark.parametrize("own", [{"a": 0.0}, {"a": 2.0}, {"": 0.9}])
+def test_a_per_tenant_target_out_of_range_or_nameless_is_refused(own):
+    with pytest.raises(ValueError):
+        Settings(quality_targets=own)
+
+
+def test_per_tenant_targets_come_from_the_environment_as_json(monkeypatch):
+    monkeypatch.setenv("SELFEVOLVE_QUALITY_TARGETS", '{"acme": 0.97, "beta": null}')
+    s = Settings()
+    assert s.quality_targets == {"acme": 0.97, "beta": None}
+    assert json.loads(s.to_env()["SELFEVOLVE_QUALITY_TARGETS"]) == s.quality_targets  # children build the same
+
+
+def test_only_queries_of_tenants_held_to_a_target_are_audited():
+    base, h = _history(cheap_right=1.0)
+    r = Router(Settings(quality_targets={"held": 0.95}, quality_audit_rate=0.3), CAT, h, cost_lambda=1.0)
+    for tenant, audited in (("held", True), ("free", False)):
+        calls = {q: r.route(RouteQuery(q, "t", tenant, vector=base)).models for q in _keys(200)}
+        due = {q for q in calls if audit_due(audit_key(tenant, q), 0.3)}
+        assert {q for q, m in calls.items() if "sup" in m} == (due if audited else set()), tenant
+
+
+def _tenant_stream(n: int, tenant: str, system_acc: float, seed: int) -> list[list[Event]]:
+    """Per query: its answer by the cheap model, the verdict on it, and the supervisor's if audited."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        events = [_answer(i, "cheap", tenant), _verdict(i, "cheap", float(rng.random() < system_acc), tenant)]
+        if audit_due(audit_key(tenant, f"q{i}"), 0.3):
+            events.append(_verdict(i, "sup", float(rng.random() < 0.9), tenant))
+        out.append(events)
+    return out
+
+
+def test_each_tenant_with_its_own_target_gets_its_own_lambda_and_the_rest_share_one():
+    # Same quality (0.8 of a supervisor right 90% of the time: ratio ~0.89) for both: the strict tenant's λ
+    # falls (dearer), everyone else's rises (cheaper); a tenant that opted out moves nothing.
+    fold = _meta(quality_target=0.8, quality_targets={"strict": 0.99, "none": None}, cost_lambda=0.2)
+    a, b, c = (_tenant_stream(600, t, 0.8, seed) for t, seed in (("strict", 1), ("lax", 2), ("none", 3)))
+    events = [e for trio in zip(a, b, c) for query in trio for e in query]
+    state, outs = _run(fold, events)
+    mine = [o.record for o in outs if o.record["tenant"] == "strict"]
+    rest = [o.record for o in outs if o.record["tenant"] is None]
+    assert mine and rest and len(mine) + len(rest) == len(outs)
+    assert state.tenant_targets["strict"].cost_lambda == mine[-1]["cost_lambda"] < 0.2
+    assert state.target.cost_lambda == rest[-1]["cost_lambda"] > 0.2
+    assert "tenant strict's quality target 0.99" in mine[-1]["reason"]
+    assert set(state.tenant_targets) == {"strict"}
+    assert state.target.seen == 600 and state.tenant_targets["strict"].seen == 600  # "none" counted nowhere
+    # Another instance's tenant λ is followed for that tenant only; one for an unknown tenant changes nothing.
+    other, _ = fold.step(state, _strategy(cost_lambda=3.0, tenant="strict"))
+    assert (other.tenant_targets["strict"].cost_lambda, other.target.cost_lambda) == (3.0, state.target.cost_lambda)
+    stray, _ = fold.step(state, _strategy(cost_lambda=3.0, tenant="nobody"))
+    assert stray.to_json() == state.to_json()
+    back = MetaLearnerState.from_json(json.loads(json.dumps(state.to_json())))
+    assert back.to_json() == state.to_json()
+
+
+def test_a_tenants_lambda_routes_that_tenants_queries_only():
+    _, h = _history(0.5)
+    fold = RouterFold(Settings(cost_lambda=0.1), CAT, h, Embedder())
+    state, _ = fold.step(fold.initialize(), _strategy(cost_lambda=0.7, tenant="acme"))
+    assert (state.cost_lambda, state.tenant_lambdas) == (None, {"acme": 0.7})
+
+    def lam(state, tenant: str) -> float:
+        q = Event("query", {"query_id": "q", "text": "math x", "tenant": tenant, "ts_ms": 1}, "p.queries", (0, 1))
+        return json.loads(fold.step(state, q)[1][0].record["plan"])["cost_lambda"]
+
+    assert (lam(state, "acme"), lam(state, "beta")) == (0.7, 0.1)
+    state, _ = fold.step(state, _strategy(cost_lambda=0.3))  # everyone's λ: the tenant keeps its own
+    assert (lam(state, "acme"), lam(state, "beta")) == (0.7, 0.3)
+    back = type(state).from_json(json.loads(json.dumps(state.to_json())))
+    assert (back.cost_lambda, back.tenant_lambdas) == (0.3, {"acme": 0.7})
+
+
+def test_the_tenant_split_of_the_bench_is_fixed_and_uses_every_tenant():
+    from bench.tenant_targets import tenant_of
+    from selfevolve.data.routerbench import Sample
+
+    pick = tenant_of(["lax", "strict"])
+    samples = [Sample(f"s{i}", "task", "test", "prompt", {}, {}, {}) for i in range(200)]
+    first = [pick(s) for s in samples]
+    assert first == [pick(s) for s in samples] and 60 < first.count("lax") < 140
+
+
+# --- the audit rate's calibration ----------------------------------------------------------------------------
+
+def test_the_audit_rate_falls_after_calibration_and_the_router_follows_it():
+    fold = _meta(quality_target=0.9, quality_audit_start_rate=0.3, quality_audit_rate=0.05,
+                 quality_audit_calibration=10, quality_targets={"own": 0.9})
+    assert fold.initialize().target.rate == fold.initialize().tenant_targets["own"].rate == 0.3
+    events = []
+    for i in range(200):  # audits due at 0.3 until 10 are counted, then at 0.05
+        events.append(_answer(i, "cheap"))
+        events.append(_verdict(i, "cheap", 1.0))
+        events.append(_verdict(i, "sup", 1.0))
+    state, outs = _run(fold, events)
+    (drop,) = [o.record for o in outs if o.record["audit_rate"] == 0.05]
+    assert drop["tenant"] is None and state.target.rate == 0.05 and "own" not in {o.record["tenant"] for o in outs}
+    keys = [f"q{i}" for i in range(200)]
+    tenth = [i for i, q in enumerate(keys) if audit_due(audit_key("t", q), 0.3)][9]
+    later = sum(audit_due(audit_key("t", q), 0.05) for q in keys[tenth + 1:])
+    assert state.target.audits == 10 + later  # after the drop only the base rate's audits count
+    raised, _ = fold.step(state, _strategy(audit_rate=0.5))  # another's higher rate: it only falls
+    assert raised.target.rate == 0.05
+    _, h = _history(1.0)
+    router = RouterFold(fold.settings, CAT, h, Embedder())
+    rs, _ = router.step(router.initialize(), Event("strategy", drop))
+    assert (rs.audit_rate, rs.tenant_audit_rates) == (0.05, {})
+    r = router.router.with_audit_rates(rs.audit_rate, {"own": 0.01})
+    assert (r.audit_rate_for("t"), r.audit_rate_for("own"), Router(fold.settings, CAT, h).audit_rate_for("own")) \
+        == (0.05, 0.01, 0.3)
+    back = type(rs).from_json(json.loads(json.dumps(rs.to_json())))
+    assert back.audit_rate == 0.05
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, math.nan, "x"])
+def test_a_strategy_event_with_a_bad_audit_rate_is_refused_before_anything_changes(bad):
+    fold = RouterFold(Settings(quality_target=0.9), CAT, History(), Embedder())
+    with pytest.raises(ValidationError):
+        fold.step(fold.initialize(), _strategy(cost_lambda=0.5, audit_rate=bad))

@@ -75,6 +75,26 @@ def test_bad_configuration_is_refused():
         TargetState(target=0.0, cost_lambda=0.1)
     with pytest.raises(ConfigError):
         TargetState(target=0.9, cost_lambda=0.1, rate=2.0)
+    with pytest.raises(ConfigError):  # the rate only falls: a base above the start would have it rise
+        TargetState(target=0.9, cost_lambda=0.1, rate=0.05, base_rate=0.2)
+
+
+@pytest.mark.parametrize(("calibration", "audits", "rate"), [(3, 2, 0.2), (3, 3, 0.05), (3, 9, 0.05), (0, 1, 0.05)])
+def test_the_audit_rate_falls_to_the_base_rate_once_calibrated(calibration, audits, rate):
+    s = TargetState(target=0.9, cost_lambda=0.1, rate=0.2, base_rate=0.05, calibration=calibration)
+    for i in range(audits):
+        s = observe(s, Observation(1.0, 0.0, 1.0, True))
+    assert s.rate == rate and s.audits == audits
+    assert TargetState(target=0.9, cost_lambda=0.1, rate=0.2).rate == 0.2  # no base: it stays
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=30), st.floats(0, 1), st.floats(0, 1))
+def test_an_audit_due_at_a_lower_rate_is_due_at_every_higher_one(key, r1, r2):
+    # Why a falling rate keeps audits a uniform sample: the meta-learner counts a supervisor verdict as an
+    # audit if due at its rate now, which is at most the rate the router routed that query with.
+    low, high = sorted((r1, r2))
+    assert not audit_due(key, low) or audit_due(key, high)
 
 
 @pytest.mark.parametrize(("audits", "moves"), [(19, False), (20, True)])
