@@ -219,7 +219,10 @@ def _compare(a, b: Bench, result: dict, head: Run, train, test, models, supervis
     result["baselines"] = {k: {"accuracy": acc, "cost_ratio": usd / sup_usd} for k, (acc, usd) in base.items()}
     sup_acc = result["baselines"]["supervisor_only"]["accuracy"]
     result["system"]["accuracy_vs_supervisor"] = head.accuracy / sup_acc if sup_acc else None
-    for name, kw in {"no_similarity": dict(use_similarity=False), "no_cascade": dict(cascade=False)}.items():
+    # no_predictor: the kNN Beta estimates over each model's global mean, without the online ridge predictor's
+    # prior (issue 15's comparison); k_50: a wider neighbourhood than knn_k.
+    for name, kw in {"no_similarity": dict(use_similarity=False), "no_cascade": dict(cascade=False),
+                     "no_predictor": dict(use_predictor=False), "k_50": dict(k=50)}.items():
         r = online(b, a.lam, **kw)
         result["baselines"][f"ablation_{name}"] = {"accuracy": r.accuracy, "cost_ratio": r.cost / sup_usd}
     r0 = online(b, 0.0)
